@@ -1,0 +1,14 @@
+"""Built-in segmenter plugin: registers the segmenters shipped with epikit.
+
+Factories are given as lazy ``"module:attribute"`` strings so listing them imports nothing
+heavy; the implementation modules sit next to this file, one per segmenter.
+"""
+
+from __future__ import annotations
+
+from epikit.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def epikit_register_segmenters(register: Register) -> None:
+    """Register the built-in segmenters."""
