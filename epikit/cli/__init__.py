@@ -86,5 +86,13 @@ def main() -> None:
     app()
 
 
-# Command modules register themselves on import; keep this list in sync with the files here.
-from epikit.cli import plugins as _plugins  # noqa: E402,F401
+def _load_command_modules() -> None:
+    """Import every module in this package: each adds its commands to :data:`app`."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_load_command_modules()
