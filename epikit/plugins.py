@@ -109,21 +109,28 @@ class PluginRegistry:
             plugin_name = impl.plugin_name
             distribution, version = self.sources.get(plugin_name, ("unknown", "unknown"))
 
+            staged: list[PluginEntry] = []
+
             def register(name: str, factory: Any, *, summary: str = "",
                          _plugin: str = plugin_name, _dist: str = distribution,
-                         _version: str = version) -> None:
-                self._add(PluginEntry(kind, name, factory, summary, _plugin, _dist, _version))
+                         _version: str = version, _staged: list[PluginEntry] = staged) -> None:
+                entry = PluginEntry(kind, name, factory, summary, _plugin, _dist, _version)
+                self._validate(entry)
+                _staged.append(entry)
 
             try:
                 impl.function(register=register)
-            except DuplicatePluginError:
-                raise
             except Exception as error:  # a plugin's own bug must not take epikit down
                 if distribution == "epikit":
                     raise
                 _broken(f"{plugin_name!r} ({distribution} {version})", error)
+                continue
+            # A plugin's entries are added together, only once its hook has succeeded.
+            for entry in staged:
+                self._add(entry)
 
-    def _add(self, entry: PluginEntry) -> None:
+    @staticmethod
+    def _validate(entry: PluginEntry) -> None:
         if not isinstance(entry.name, str) or not NAME_PATTERN.match(entry.name):
             raise PluginError(
                 f"plugin {entry.plugin!r} registered invalid {entry.kind} name {entry.name!r}: "
@@ -134,6 +141,8 @@ class PluginRegistry:
                 f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} with a factory "
                 "that is neither callable nor a 'module:attribute' string"
             )
+
+    def _add(self, entry: PluginEntry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
         if existing is not None:
             raise DuplicatePluginError(
