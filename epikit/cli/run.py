@@ -1,0 +1,58 @@
+"""``epikit run``: raw images (or the built-in demo) to a finished run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from epikit.cli import command, parse_params
+
+
+@command("run")
+def run_command(
+    input: Optional[Path] = typer.Argument(
+        None, help="Folder with one sub-folder per condition, or a manifest CSV. "
+                   "Omit to run on the built-in simulated demo."),
+    out: Path = typer.Option(Path("epikit-run"), "--out", "-o", help="Run folder to write."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="TOML configuration (e.g. a previous RUN/config.toml)."),
+    segmenter: Optional[str] = typer.Option(None, help="Segmenter plugin name."),
+    classifier: Optional[str] = typer.Option(None, help="Classifier plugin name."),
+    explainer: Optional[str] = typer.Option(None, help="Explainer plugin name."),
+    channels: Optional[str] = typer.Option(None, help="Comma-separated channel names, in file order."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for every stage."),
+    param: Optional[list[str]] = typer.Option(
+        None, "--param", "-p", help="stage.key=value, e.g. -p train.epochs=20 -p segment.min_area=30."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in the report)."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage, ignoring finished work."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Segment, extract cells, train, explain, find biomarkers and write a report."""
+    from epikit.config import default_config, load_config, merge_config, overrides_from_params
+    from epikit.pipeline import run_pipeline
+
+    settings = load_config(config) if config else default_config()
+    flags: dict[str, object] = {}
+    if input is not None:
+        flags["input"] = str(input)
+    if channels:
+        flags["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
+    if seed is not None:
+        flags["seed"] = seed
+    if skip_bad:
+        flags["skip_bad"] = True
+    for stage, key, value in (("segment", "segmenter", segmenter),
+                              ("train", "classifier", classifier),
+                              ("explain", "explainer", explainer)):
+        if value:
+            flags.setdefault(stage, {})[key] = value
+    settings = merge_config(settings, flags)
+    settings = merge_config(settings, overrides_from_params(parse_params(param)))
+    manifest = run_pipeline(settings, out, force=force, progress=not quiet)
+    typer.echo(f"run folder: {out}")
+    for stage, seconds in manifest["stage_seconds"].items():
+        typer.echo(f"  {stage:<11} {seconds:8.1f} s")
+    if (out / "report.html").exists():
+        typer.echo(f"report: {out / 'report.html'}")

@@ -1,0 +1,179 @@
+"""Run configuration: defaults, TOML files, ``-p stage.key=value`` overrides.
+
+A configuration is a nested dict with one table per stage. Keys a stage knows are its
+options; any other key given for a stage goes to its plugin (``segment.min_area=30`` reaches
+the segmenter as ``min_area=30``), so every option of every stage and plugin is reachable
+from the command line and from ``config.toml``. The resolved configuration is written into
+the run folder, and ``epikit run --config RUN/config.toml`` reproduces the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from epikit.errors import ConfigError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: Where a stage's plugin parameters live inside its table.
+PARAMS_KEY = "params"
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "input": "",
+    "channels": [],
+    "skip_bad": False,
+    "demo": {
+        "fields": 10,
+        "size": 256,
+        "min_nuclei": 10,
+        "max_nuclei": 18,
+        "effect": "periphery",
+        "effect_channel": "H3K27ac",
+        "effect_size": 0.5,
+    },
+    "segment": {"segmenter": "maskrcnn", "nuclear_channel": 0, PARAMS_KEY: {}},
+    "extract": {
+        "crop_size": 64,
+        "keep_context": False,
+        "scale": "fit",
+        "align": "none",
+        "normalise": "image",
+        "min_area": 30,
+        "max_area": 0,
+    },
+    "train": {
+        "classifier": "resnet10",
+        "folds": 5,
+        "split": "group",
+        "epochs": 12,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "views": ["all"],
+        PARAMS_KEY: {},
+    },
+    "explain": {
+        "explainer": "scorecam",
+        "cells": "correct",
+        "max_cells": 60,
+        "target": "predicted",
+        PARAMS_KEY: {},
+    },
+    "biomarkers": {"reference": "", "trust": True},
+    "report": {"enabled": True},
+}
+
+#: Stages in the order they run; each stage's table is a key of :data:`DEFAULTS`.
+STAGES: tuple[str, ...] = ("segment", "extract", "train", "explain", "biomarkers", "report")
+PLUGIN_STAGES: dict[str, str] = {"segment": "segmenter", "train": "classifier", "explain": "explainer"}
+
+
+def default_config() -> dict[str, Any]:
+    """A fresh copy of the default configuration."""
+    return copy.deepcopy(DEFAULTS)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
+    for key, value in update.items():
+        if key not in base:
+            if where in PLUGIN_STAGES or where.endswith(f".{PARAMS_KEY}") or where == f"{PARAMS_KEY}":
+                base.setdefault(PARAMS_KEY, {})[key] = value
+                continue
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"unknown option {where + '.' if where else ''}{key}; "
+                              f"known here: {known}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"option {where + '.' if where else ''}{key} must be a table")
+            target = base[key]
+            if key == PARAMS_KEY:
+                target.update(value)
+            else:
+                _merge(target, value, f"{where}.{key}" if where else key)
+        else:
+            base[key] = value
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``update`` (unknown plugin-stage keys become plugin params)."""
+    merged = copy.deepcopy(base)
+    _merge(merged, update, "")
+    return merged
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML configuration file and merge it over the defaults."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: configuration file not found") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from error
+    return merge_config(default_config(), data)
+
+
+def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``{"train.epochs": 5, "segment.min_area": 30}`` into a nested update dict."""
+    nested: dict[str, Any] = {}
+    for dotted, value in params.items():
+        parts = dotted.split(".")
+        if parts[0] not in DEFAULTS:
+            raise ConfigError(f"parameter {dotted!r} must start with a stage or option name: "
+                              f"{', '.join(DEFAULTS)} (e.g. -p train.epochs=20)")
+        cursor = nested
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+    return nested
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and value != value:
+            raise ConfigError("NaN cannot be stored in a configuration")
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """Serialise a configuration (nested dicts of scalars and lists) as TOML text."""
+    lines: list[str] = []
+
+    def table(data: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for key, value in tables.items():
+            table(value, f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key))
+
+    table(config, "")
+    return "# epikit run configuration (epikit run --config this-file reproduces the run)\n" + \
+        "\n".join(lines).lstrip("\n") + "\n"
+
+
+def section_hash(*parts: Any) -> str:
+    """A stable short hash of JSON-serialisable parts (stage options + upstream hashes)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
