@@ -12,3 +12,23 @@ from epikit.hookspecs import Register, hookimpl
 @hookimpl
 def epikit_register_classifiers(register: Register) -> None:
     """Register the built-in classifiers."""
+    register(
+        "resnet10",
+        "epikit.classifiers.resnet:resnet10",
+        summary="The study's 9-conv ResNet: ResNet-18 cut after layer2 + one Linear layer",
+    )
+    register(
+        "resnet18",
+        "epikit.classifiers.resnet:resnet18",
+        summary="Full torchvision ResNet-18, any number of input channels",
+    )
+    register(
+        "timm",
+        "epikit.classifiers.timm_models:timm_classifier",
+        summary="Any timm architecture by name (-p arch=efficientnet_b0), random init offline",
+    )
+    register(
+        "cnn",
+        "epikit.classifiers.simple_cnn:simple_cnn",
+        summary="Small plain CNN baseline (conv-BN-ReLU-pool blocks, global average pool)",
+    )
