@@ -1,0 +1,1 @@
+"""Analyses of segmentations, shells, statistics and explanation quality."""
