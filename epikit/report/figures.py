@@ -1,0 +1,326 @@
+"""Report figures: matplotlib (Agg) plots saved as PNG files with safe names.
+
+Every plotting function takes plain arrays / dicts and returns a matplotlib ``Figure``;
+:class:`FigureWriter` saves it under a file name derived from (but never equal to) the
+user strings it shows, and closes it. Text from user data goes through :func:`plain` so
+that a ``$`` in a condition name is shown, not parsed as mathtext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DPI = 90
+#: Colours per condition, in the order the conditions are sorted.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def pyplot() -> Any:
+    """Matplotlib's pyplot on the non-interactive Agg backend (selected on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plain(text: Any) -> str:
+    """A user string as literal matplotlib text (``$`` escaped so mathtext stays off)."""
+    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def safe_name(*parts: Any) -> str:
+    """A file name for a figure: a readable ASCII slug plus a hash of the exact parts.
+
+    Distinct parts give distinct names even when their slugs agree (``a/b`` vs ``a_b``),
+    and no user string can add path separators, dots or markup to the name.
+    """
+    text = "-".join(str(p) for p in parts)
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48].strip("-") or "figure"
+    digest = hashlib.sha1(repr(tuple(str(p) for p in parts)).encode("utf-8")).hexdigest()[:10]
+    return f"{slug}-{digest}.png"
+
+
+class FigureWriter:
+    """Saves figures as PNG files into one directory and returns their relative links."""
+
+    def __init__(self, directory: Path, link_prefix: str = "figures") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.link_prefix = link_prefix
+        self.written: list[Path] = []
+
+    def save(self, figure: Any, *name_parts: Any) -> str:
+        """Write ``figure`` as PNG, close it, and return ``figures/<safe name>``."""
+        name = safe_name(*name_parts)
+        path = self.directory / name
+        try:
+            figure.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+        finally:
+            pyplot().close(figure)
+        self.written.append(path)
+        return f"{self.link_prefix}/{name}"
+
+
+def condition_colours(conditions: Sequence[str]) -> dict[str, str]:
+    """A stable colour per condition (sorted order)."""
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(sorted(conditions))}
+
+
+def display_range(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
+    """1st-99.5th percentile of ``image`` (inside ``mask`` when given) for display."""
+    values = image[mask] if mask is not None and mask.any() else image.ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(values, [1.0, 99.5])
+    return float(low), float(high if high > low else low + 1e-6)
+
+
+def _stretch(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    return np.clip((image - low) / (high - low), 0.0, 1.0)
+
+
+def segmentation_overlay(image: np.ndarray, labels: np.ndarray, title: str) -> Any:
+    """The nuclear channel in grey with each label's outline drawn on it."""
+    from skimage.segmentation import find_boundaries
+
+    plt = pyplot()
+    low, high = display_range(image)
+    rgb = np.repeat(_stretch(image, low, high)[..., None], 3, axis=-1)
+    rgb[find_boundaries(labels, mode="inner")] = (1.0, 0.85, 0.0)
+    height, width = image.shape
+    scale = 4.2 / max(height, width)
+    figure, axis = plt.subplots(figsize=(width * scale, height * scale + 0.35))
+    axis.imshow(rgb, interpolation="nearest")
+    axis.set_title(plain(title), fontsize=9)
+    axis.axis("off")
+    return figure
+
+
+def counts_per_image(counts: Mapping[str, Sequence[float]], ylabel: str = "nuclei per image") -> Any:
+    """Per condition: each image's count as a dot, with the median as a bar."""
+    plt = pyplot()
+    colours = condition_colours(list(counts))
+    figure, axis = plt.subplots(figsize=(1.4 + 1.1 * len(counts), 3.0))
+    rng = np.random.default_rng(0)
+    for position, (condition, values) in enumerate(counts.items()):
+        values = np.asarray(values, dtype=float)
+        jitter = rng.uniform(-0.18, 0.18, size=values.size)
+        axis.scatter(position + jitter, values, s=14, color=colours[condition], alpha=0.75)
+        if values.size:
+            axis.hlines(np.median(values), position - 0.3, position + 0.3, color="black", lw=2)
+    axis.set_xticks(range(len(counts)), [plain(c) for c in counts], rotation=20, ha="right")
+    axis.set_ylabel(ylabel)
+    axis.set_xlim(-0.6, len(counts) - 0.4)
+    axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_names: Sequence[str],
+              ranges: Sequence[tuple[float, float]]) -> Any:
+    """Rows: example cells of each condition; columns: channels. ``ranges`` per channel."""
+    plt = pyplot()
+    rows = [(condition, crop, cell) for condition, (crops, cells) in examples.items()
+            for crop, cell in zip(crops, cells)]
+    columns = len(channel_names)
+    figure, axes = plt.subplots(len(rows), columns, squeeze=False,
+                                figsize=(1.3 * columns + 1.2, 1.3 * len(rows) + 0.3))
+    for row, (condition, crop, _) in enumerate(rows):
+        for column in range(columns):
+            axis = axes[row, column]
+            low, high = ranges[column]
+            axis.imshow(_stretch(crop[column], low, high), cmap="gray", vmin=0, vmax=1,
+                        interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(plain(channel_names[column]), fontsize=9)
+            if column == 0:
+                axis.set_ylabel(plain(condition), fontsize=8)
+    figure.tight_layout(pad=0.3)
+    return figure
+
+
+def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Any:
+    """One panel per metric (loss, accuracy, ...), one line per (fold, split) series.
+
+    ``curves`` maps a series label (``fold 0``) to ``{metric name: values per epoch}``.
+    """
+    plt = pyplot()
+    metrics = sorted({m for series in curves.values() for m in series},
+                     key=lambda m: ("loss" not in m, m))
+    bases = sorted({_metric_base(m) for m in metrics}, key=lambda b: ("loss" not in b, b))
+    figure, axes = plt.subplots(1, len(bases), squeeze=False, figsize=(4.2 * len(bases), 3.0))
+    cmap = plt.get_cmap("tab10")
+    for index, (label, series) in enumerate(curves.items()):
+        for name, values in series.items():
+            axis = axes[0, bases.index(_metric_base(name))]
+            style = "--" if name.startswith(("val", "valid")) else "-"
+            epochs = np.arange(1, len(values) + 1)
+            axis.plot(epochs, np.asarray(values, dtype=float), style, color=cmap(index % 10),
+                      lw=1.2, label=f"{plain(label)} {plain(name)}")
+    for axis, base in zip(axes[0], bases):
+        axis.set_title(plain(base), fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    if sum(len(s) for s in curves.values()) <= 12:
+        axes[0, -1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def _metric_base(name: str) -> str:
+    for prefix in ("train_", "training_", "val_", "valid_", "validation_"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def roc_plot(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
+             thin: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Any:
+    """ROC curves (label, false-positive rate, true-positive rate, AUC); ``thin`` per fold."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(4.0, 3.8))
+    for fpr, tpr in thin:
+        axis.plot(fpr, tpr, color="grey", alpha=0.35, lw=0.8)
+    for index, (label, fpr, tpr, auc) in enumerate(curves):
+        axis.plot(fpr, tpr, lw=2, color=PALETTE[index % len(PALETTE)],
+                  label=f"{plain(label)} (AUC {auc:.3f})")
+    axis.plot([0, 1], [0, 1], ":", color="black", lw=0.8)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.01)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def confusion_plot(matrix: np.ndarray, classes: Sequence[str]) -> Any:
+    """Counts with row-normalised shading (rows: true condition, columns: predicted)."""
+    plt = pyplot()
+    matrix = np.asarray(matrix, dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    size = 1.4 + 0.9 * len(classes)
+    figure, axis = plt.subplots(figsize=(size + 0.6, size))
+    axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, f"{int(count)}\n{share[row, column]:.0%}", ha="center", va="center",
+                  fontsize=9, color="white" if share[row, column] > 0.6 else "black")
+    labels = [plain(c) for c in classes]
+    axis.set_xticks(range(len(classes)), labels, rotation=20, ha="right")
+    axis.set_yticks(range(len(classes)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    return figure
+
+
+def _overlay(map_: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    plt = pyplot()
+    rgba = plt.get_cmap("inferno")(np.clip(map_, 0, 1))
+    rgba[..., 3] = 0.65 if mask is None else np.where(mask, 0.7, 0.0)
+    return rgba
+
+
+def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
+                        range_: tuple[float, float]) -> Any:
+    """Per condition (row pair): each cell's crop, and its map over the crop.
+
+    ``rows`` maps a condition to (crop image 2-D, map 2-D, mask or None) per example.
+    """
+    plt = pyplot()
+    columns = max(len(v) for v in rows.values())
+    figure, axes = plt.subplots(2 * len(rows), columns, squeeze=False,
+                                figsize=(1.35 * columns + 0.9, 2.7 * len(rows) + 0.2))
+    low, high = range_
+    for index, (condition, examples) in enumerate(rows.items()):
+        for column in range(columns):
+            top, bottom = axes[2 * index, column], axes[2 * index + 1, column]
+            for axis in (top, bottom):
+                axis.set_xticks([])
+                axis.set_yticks([])
+                axis.set_frame_on(False)
+            if column >= len(examples):
+                continue
+            image, map_, mask = examples[column]
+            grey = _stretch(image, low, high)
+            top.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            bottom.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            bottom.imshow(_overlay(map_, mask), interpolation="nearest")
+        axes[2 * index, 0].set_ylabel(f"{plain(condition)}\ncrop", fontsize=8)
+        axes[2 * index + 1, 0].set_ylabel("map", fontsize=8)
+    figure.tight_layout(pad=0.3)
+    return figure
+
+
+def average_maps(averages: Mapping[str, tuple[np.ndarray, int]]) -> Any:
+    """Per condition: the average aligned map with the number of cells averaged."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(averages), squeeze=False, figsize=(2.4 * len(averages) + 0.8, 2.6))
+    high = max(float(np.nanmax(a)) for a, _ in averages.values()) or 1.0
+    image = None
+    for axis, (condition, (average, count)) in zip(axes[0], averages.items()):
+        image = axis.imshow(average, cmap="inferno", vmin=0, vmax=high, interpolation="bilinear")
+        axis.set_title(f"{plain(condition)} (n={count})", fontsize=9)
+        axis.axis("off")
+    if image is not None:
+        figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean map value")
+    return figure
+
+
+def shell_profiles(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]],
+                   ylabel: str) -> Any:
+    """One panel per channel: mean per shell (rim ... centre) per condition, with a band.
+
+    ``panels[channel][condition] = (mean, low, high, n_images)`` over shells 1..K.
+    """
+    plt = pyplot()
+    conditions = sorted({c for panel in panels.values() for c in panel})
+    colours = condition_colours(conditions)
+    figure, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                                figsize=(3.0 * len(panels) + 0.6, 2.9))
+    for axis, (channel, profiles) in zip(axes[0], panels.items()):
+        for condition, (mean, low, high, count) in profiles.items():
+            shells = np.arange(1, len(mean) + 1)
+            axis.fill_between(shells, low, high, color=colours[condition], alpha=0.2, lw=0)
+            axis.plot(shells, mean, "o-", color=colours[condition], ms=3.5, lw=1.5,
+                      label=f"{plain(condition)} ({count} images)")
+        axis.set_title(plain(channel), fontsize=10)
+        count = len(next(iter(profiles.values()))[0]) if profiles else 5
+        axis.set_xticks(range(1, count + 1), ["rim"] + [str(k) for k in range(2, count)] + ["centre"])
+        axis.set_xlabel("shell")
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, -1].legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
+    """Grouped bars: per condition, the drop in target probability when a channel is occluded."""
+    plt = pyplot()
+    conditions = list(attribution)
+    channels = sorted({ch for values in attribution.values() for ch in values})
+    colours = condition_colours(conditions)
+    figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(channels) * max(1, len(conditions)) / 2, 2.9))
+    width = 0.8 / max(1, len(conditions))
+    for index, condition in enumerate(conditions):
+        values = [float(attribution[condition].get(ch, np.nan)) for ch in channels]
+        axis.bar(np.arange(len(channels)) + index * width - 0.4 + width / 2, values, width,
+                 color=colours[condition], label=plain(condition))
+    axis.set_xticks(range(len(channels)), [plain(c) for c in channels], rotation=20, ha="right")
+    axis.set_ylabel("drop in target probability")
+    axis.axhline(0, color="black", lw=0.8)
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    return figure

@@ -1,0 +1,358 @@
+"""Tests of the HTML report: links, escaping, missing artefacts, atomic writes, a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from epikit.errors import InputError
+from epikit.io import ImageRecord, mask_path, write_json
+from epikit.report import build_report
+from epikit.report.figures import safe_name
+from epikit.report.html import Markup, element, escape
+from epikit.report.summaries import bootstrap_band, roc_points
+
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_CHANNEL = "<img src=x onerror=alert(2)>"
+CHANNELS = ("Hoechst", HOSTILE_CHANNEL, "H3K27ac")
+CROP = 32
+
+
+class _Page(HTMLParser):
+    """Collects img sources, script tags and visible text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.scripts = 0
+        self.ids: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "script":
+            self.scripts += 1
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _disc(size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -> Path:
+    """A small run folder holding every artefact of the contract, written with numpy/pandas/zarr.
+
+    Images, masks and crops carry a rim-enriched third channel in the second condition, so
+    the shell profiles and the biomarker table have something real to show.
+    """
+    rng = np.random.default_rng(0)
+    run = root / "run"
+    run.mkdir(parents=True)
+    rows, crops, crop_masks, inputs, seg_rows = [], [], [], [], []
+    for c_index, condition in enumerate(conditions):
+        for f in range(fields):
+            stem = f'field "{f}" & co' if f == 0 else f"field_{f}"
+            folder = root / "input" / f"cond{c_index}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{stem}.tif"
+            labels = np.zeros((96, 96), np.int32)
+            for label, centre in enumerate([(24, 24), (24, 70), (70, 30), (68, 72)], start=1):
+                labels[_disc(96, centre, 11 + rng.uniform(0, 4))] = label
+            image = rng.normal(100, 5, (3, 96, 96)).astype(np.float32)
+            image[:, labels > 0] += 400
+            tifffile.imwrite(path, image.astype(np.uint16), photometric="minisblack")
+            record = ImageRecord(path, condition, condition, CHANNELS, f"{condition}/{stem}")
+            target = mask_path(run / "masks", record)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(target, labels)
+            inputs.append({"path": str(path), "condition": condition, "group": record.image_id,
+                           "sha256": "0" * 64})
+            seg_rows.append({"image_id": record.image_id, "path": str(path), "condition": condition,
+                             "nuclei": 4})
+            for label in range(1, 5):
+                mask = _disc(CROP, (16, 16), 11)
+                ring = mask & ~_disc(CROP, (16, 16), 8)
+                crop = rng.uniform(0.2, 0.6, (3, CROP, CROP)) * mask
+                crop[2][ring] += 0.5 * c_index
+                shares = np.array([0.22, 0.2, 0.2, 0.19, 0.19]) + np.array([0.06, 0, 0, -0.03, -0.03]) * c_index
+                prob = float(np.clip(0.15 + 0.7 * c_index + rng.normal(0, 0.12), 0.01, 0.99))
+                rows.append({
+                    "cell_id": f"{record.image_id}#{label}", "image_id": record.image_id, "path": str(path),
+                    "condition": condition, "group": record.image_id, "label": label,
+                    "crop_index": len(crops), "area": float(mask.sum()),
+                    **{f"{ch}_shell_{k + 1}_share": shares[k] + rng.normal(0, 0.01)
+                       for ch in CHANNELS for k in range(5)},
+                    "fold": f % 3, "prob_" + conditions[0]: 1 - prob, "prob_" + conditions[1]: prob,
+                })
+                crops.append(crop)
+                crop_masks.append(mask)
+    cells = pd.DataFrame(rows)
+    cells["prediction"] = np.where(cells["prob_" + conditions[1]] > 0.5, conditions[1], conditions[0])
+    cells["probability"] = cells[["prob_" + c for c in conditions]].max(axis=1)
+    cells["correct"] = cells["prediction"] == cells["condition"]
+    cells.to_parquet(run / "cells.parquet", index=False)
+    pd.DataFrame(seg_rows).to_csv(run / "segmentation.csv", index=False)
+
+    group = zarr.open_group(str(run / "crops.zarr"), mode="w")
+    array = zarr.open_array(store=str(run / "crops.zarr" / "crops"), mode="w",
+                            shape=(len(crops), 3, CROP, CROP), chunks=(8, 3, CROP, CROP), dtype="float16")
+    array[:] = np.asarray(crops, dtype=np.float16)
+    masks = zarr.open_array(store=str(run / "crops.zarr" / "masks"), mode="w",
+                            shape=(len(crops), CROP, CROP), chunks=(8, CROP, CROP), dtype="uint8")
+    masks[:] = np.asarray(crop_masks, dtype=np.uint8)
+    group.attrs.update({"channel_names": list(CHANNELS), "crop_size": CROP, "normalisation": "image",
+                        "scale_mode": "fit", "align": "major-axis", "dtype": "float16"})
+
+    explained = cells[cells["correct"]]
+    maps_group = zarr.open_group(str(run / "maps.zarr"), mode="w")
+    maps = zarr.open_array(store=str(run / "maps.zarr" / "maps"), mode="w",
+                           shape=(len(explained), CROP, CROP), chunks=(8, CROP, CROP), dtype="float32")
+    yy, xx = np.mgrid[:CROP, :CROP]
+    radius = np.hypot(yy - 16, xx - 16) / 11
+    values = [np.clip(1 - radius if c == conditions[0] else radius, 0, 1) * _disc(CROP, (16, 16), 11)
+              for c in explained["condition"]]
+    maps[:] = np.asarray(values, dtype=np.float32)
+    maps_group.attrs.update({"cell_ids": explained["cell_id"].tolist(), "explainer": "scorecam",
+                             "layer": "layer2", "target": "predicted"})
+
+    biomarkers = pd.DataFrame([
+        {"source": source, "explainer": "scorecam" if source == "map" else "", "channel": channel,
+         "region": region, "condition": conditions[1], "reference": conditions[0],
+         "mean_condition": 0.3, "mean_reference": 0.2, "effect": 0.1, "cliffs_delta": 0.8,
+         "p_value": p, "q_value": min(1.0, p * 12), "unit": "image", "n_condition": fields,
+         "n_reference": fields}
+        for (source, channel, region), p in zip(
+            [(s, ch, r) for s in ("image", "map") for ch in ("H3K27ac", HOSTILE_CHANNEL)
+             for r in ("shell_1", "rim_vs_centre", "shell_5")],
+            np.linspace(0.0001, 0.9, 12))])
+    biomarkers.to_csv(run / "biomarkers.csv", index=False)
+
+    (run / "model").mkdir()
+    write_json(run / "model" / "training.json", {"folds": [
+        {"fold": k, "history": [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1),
+                                 "train_accuracy": 1 - 0.5 / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1)}
+                                for e in range(6)]} for k in range(3)]})
+    write_json(run / "metrics.json", {
+        "segmentation": {"images": len(inputs), "nuclei": 4 * len(inputs)},
+        "extraction": {"cells": len(cells), "clipped": 2, "skipped_border": 1},
+        "classification": {"accuracy": 0.9, "balanced_accuracy": 0.9, "roc_auc": 0.95,
+                           "classes": list(conditions), "confusion_matrix": [[10, 2], [1, 11]],
+                           "folds": [{"fold": k, "accuracy": 0.9, "balanced_accuracy": 0.9} for k in range(3)],
+                           "confound": {"confounded": False}},
+        "explanation": {"explainer": "scorecam", "cells": len(explained),
+                        "sanity": {"rank_correlation": 0.12, "passed": True}},
+        "findings": [{"text": f"map attention in shell_1 (rim) higher in {HOSTILE}, q=0.0012",
+                      "q_value": 0.0012, "edge_artefact": False}],
+        "channel_attribution": {c: {ch: 0.1 * (i + 1) for i, ch in enumerate(CHANNELS)} for c in conditions},
+    })
+    write_json(run / "manifest.json", {
+        "epikit": "0.1.0", "python": "3.11", "seed": 0, "device": "cpu",
+        "plugins": [{"kind": "segmenter", "name": "watershed", "plugin": "epikit", "version": "0.1.0"}],
+        "parameters": {"seed": 0, "train": {"split": "group"}, "segment": {"nuclear_channel": 0}},
+        "inputs": inputs,
+        "skipped_inputs": [{"path": "input/cond0/broken <b>.tif", "reason": "not a TIFF"}],
+        "stage_seconds": {"segment": 1.5, "extract": 2.25},
+    })
+    (run / "config.toml").write_text(f'seed = 0\ninput = "{root / "input"}"\n# {HOSTILE}\n', encoding="utf-8")
+    return run
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    run = make_run_folder(tmp_path_factory.mktemp("report"))
+    build_report(run, strict=True)
+    return run
+
+
+def test_every_image_link_exists_and_every_figure_is_linked(full_run):
+    page = _parse(full_run / "report.html")
+    assert len(page.images) >= 10
+    for src in page.images:
+        assert not src.startswith(("/", "http", "file:")), src
+        assert (full_run / src).is_file(), src
+        assert (full_run / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    linked = {Path(src).name for src in page.images}
+    assert linked == {p.name for p in (full_run / "figures").iterdir()}
+    for name in linked:
+        assert re.fullmatch(r"[a-z0-9-]+\.png", name), name
+    assert {"overview", "warnings", "inputs", "segmentation", "crops", "classification",
+            "explanation", "shells", "biomarkers"} <= page.ids
+
+
+def test_user_strings_are_escaped(full_run):
+    text = (full_run / "report.html").read_text(encoding="utf-8")
+    page = _parse(full_run / "report.html")
+    assert page.scripts == 0
+    assert "<script" not in text.lower()
+    assert "<img src=x" not in text
+    assert escape(HOSTILE) in text and escape(HOSTILE_CHANNEL) in text
+    visible = "".join(page.text)
+    assert HOSTILE in visible and HOSTILE_CHANNEL in visible  # shown as text
+    assert 'field "0" &amp; co' not in text and "field &quot;0&quot; &amp; co" in text
+
+
+def test_report_shows_warnings_and_findings(full_run):
+    visible = "".join(_parse(full_run / "report.html").text)
+    assert "Skipped input file input/cond0/broken <b>.tif: not a TIFF" in visible
+    assert "2 nuclei were clipped" in visible
+    assert "map attention in shell_1 (rim) higher in" in visible
+    assert "not available" not in visible.replace("Map shell profiles not available", "")
+
+
+def test_missing_artefacts_give_notes(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    report = build_report(run, strict=True)
+    visible = "".join(_parse(report).text)
+    for what in ("Inputs and parameters", "Counts per image", "Example crops", "Training curves",
+                 "Explanation maps", "Image shell profiles", "Findings", "Biomarker table"):
+        assert f"{what} not available" in visible, what
+    assert _parse(report).images == []
+
+
+def test_partial_run_folder_renders_what_is_there(tmp_path):
+    run = make_run_folder(tmp_path)
+    shutil.rmtree(run / "maps.zarr")
+    (run / "biomarkers.csv").unlink()
+    (run / "model" / "training.json").unlink()
+    page = _parse(build_report(run, strict=True))
+    visible = "".join(page.text)
+    assert "Explanation maps not available: maps.zarr is missing" in visible
+    assert "Biomarker table not available" in visible
+    assert "Training curves not available" in visible
+    assert any("roc" in src for src in page.images)
+
+
+def test_broken_artefact_keeps_the_previous_report(tmp_path):
+    run = make_run_folder(tmp_path)
+    report = build_report(run)
+    before = report.read_text(encoding="utf-8")
+    figures_before = sorted(p.name for p in (run / "figures").iterdir())
+    (run / "metrics.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputError, match="metrics.json"):
+        build_report(run, strict=True)
+    assert report.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in (run / "figures").iterdir()) == figures_before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    with pytest.warns(UserWarning, match="could not be rendered"):
+        lenient = build_report(run)
+    assert "could not be rendered: InputError" in lenient.read_text(encoding="utf-8")
+
+
+def test_missing_run_folder_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="run folder not found"):
+        build_report(tmp_path / "nope")
+
+
+def test_cli_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from epikit.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "report.html").is_file()
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert "error:" in missing.output and "run folder not found" in missing.output
+
+
+def test_escaping_and_safe_names():
+    assert element("td", HOSTILE) == "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>"
+    assert element("a", "x", href='"><script>') == '<a href="&quot;&gt;&lt;script&gt;">x</a>'
+    assert element("b", Markup("<i>kept</i>")) == "<b><i>kept</i></b>"
+    names = {safe_name("overlay", p) for p in ("a/b", "a_b", "a b", HOSTILE, "../../etc/passwd")}
+    assert len(names) == 5
+    assert all(re.fullmatch(r"[a-z0-9-]+\.png", n) for n in names)
+
+
+def test_roc_points_match_the_mann_whitney_auc():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(1)
+    positive = rng.random(200) < 0.4
+    score = np.round(rng.normal(positive * 0.8, 1.0), 1)  # rounded: many ties
+    fpr, tpr, auc = roc_points(positive, score)
+    u = mannwhitneyu(score[positive], score[~positive]).statistic
+    assert auc == pytest.approx(u / (positive.sum() * (~positive).sum()))
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    with pytest.raises(ValueError):
+        roc_points(np.ones(4, bool), np.arange(4.0))
+
+
+def test_bootstrap_band_covers_the_mean_and_shrinks_with_more_images():
+    rng = np.random.default_rng(2)
+    few = rng.normal(0, 1, (5, 3))
+    many = rng.normal(0, 1, (200, 3))
+    for values in (few, many):
+        mean, low, high = bootstrap_band(values)
+        assert np.all(low <= mean) and np.all(mean <= high)
+    assert np.all((bootstrap_band(many)[2] - bootstrap_band(many)[1]) <
+                  (bootstrap_band(few)[2] - bootstrap_band(few)[1]))
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (CI: apt-get install -y chromium)")
+def test_report_in_headless_chromium(full_run, tmp_path):
+    """Every image loads in a real browser and nothing from user data runs as script.
+
+    A copy of the report beside it gets a small instrumentation script: it records each
+    image's naturalWidth after load and turns alert() into a DOM attribute. The copy keeps
+    the report's Content-Security-Policy except that inline scripts are allowed, so the
+    check relies on the escaping, not on the policy.
+    """
+    text = (full_run / "report.html").read_text(encoding="utf-8")
+    policy = "default-src &#x27;none&#x27;;"
+    assert policy in text
+    probe = ("<script>window.alert=function(m){document.documentElement.setAttribute('data-alerted',String(m))};"
+             "window.addEventListener('load',function(){for(const i of document.images){"
+             "i.setAttribute('data-width',String(i.complete?i.naturalWidth:0))}"
+             "document.documentElement.setAttribute('data-checked',String(document.images.length))})</script>")
+    harness = text.replace(policy, policy + " script-src &#x27;unsafe-inline&#x27;;", 1).replace("<head>", "<head>" + probe, 1)
+    copy = full_run / "browser-check.html"
+    copy.write_text(harness, encoding="utf-8")
+    try:
+        result = subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+             copy.as_uri()], capture_output=True, text=True, timeout=90)
+    finally:
+        copy.unlink()
+    dom = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    checked = re.search(r'data-checked="(\d+)"', dom)
+    assert checked is not None, "the page's load handler did not run"
+    widths = re.findall(r'<img[^>]*data-width="(\d+)"', dom)
+    assert len(widths) == int(checked.group(1)) == len(_parse(full_run / "report.html").images)
+    assert all(int(w) > 0 for w in widths), widths
+    assert 'data-alerted="' not in dom
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
