@@ -72,13 +72,18 @@ def _strict() -> bool:
     return os.environ.get("EPIKIT_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
 
 
+def _normalise(name: str) -> str:
+    """PEP 503 normalisation: ``Epikit_SAM`` and ``epikit-sam`` are the same distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower().strip()
+
+
 def _allowed(entry_point: metadata.EntryPoint) -> bool:
     allow = os.environ.get("EPIKIT_LOAD_PLUGINS")
     if allow is None:
         return True
-    names = {item.strip() for item in allow.split(",") if item.strip()}
+    names = {_normalise(item) for item in allow.split(",") if item.strip()}
     dist = entry_point.dist.name if entry_point.dist else None
-    return entry_point.name in names or (dist is not None and dist in names)
+    return _normalise(entry_point.name) in names or (dist is not None and _normalise(dist) in names)
 
 
 def _broken(what: str, error: BaseException) -> None:
