@@ -157,7 +157,8 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
                                 for e in range(6)]} for k in range(3)]})
     write_json(run / "metrics.json", {
         "segmentation": {"images": len(inputs), "nuclei": 4 * len(inputs)},
-        "extraction": {"cells": len(cells), "clipped": 2, "skipped_border": 1},
+        "extraction": {"n_cells": len(cells), "n_clipped": 2, "n_skipped_border": 1,
+                       "empty_images": ["ctrl/field_9"], "cells_per_condition": {HOSTILE: 12, "ctrl": 12}},
         "classification": {"accuracy": 0.9, "balanced_accuracy": 0.9, "roc_auc": 0.95,
                            "classes": list(conditions), "confusion_matrix": [[10, 2], [1, 11]],
                            "folds": [{"fold": k, "accuracy": 0.9, "balanced_accuracy": 0.9} for k in range(3)],
@@ -218,8 +219,9 @@ def test_report_shows_warnings_and_findings(full_run):
     visible = "".join(_parse(full_run / "report.html").text)
     assert "Skipped input file input/cond0/broken <b>.tif: not a TIFF" in visible
     assert "2 nuclei were clipped" in visible
+    assert "1 label image(s) hold no nucleus (ctrl/field_9)" in visible
     assert "map attention in shell_1 (rim) higher in" in visible
-    assert "not available" not in visible.replace("Map shell profiles not available", "")
+    assert "not available" not in visible
 
 
 def test_missing_artefacts_give_notes(tmp_path):

@@ -146,6 +146,9 @@ def _warning_texts(run: RunFolder) -> list[str]:
             texts.append(f"Confound check ({where}): {value if isinstance(value, str) else 'condition is confounded with a batch column'}")
         elif key == "confounded" and value is True:
             texts.append(f"Confound check ({where}): condition is confounded with a batch column.")
+        elif key == "empty_images" and isinstance(value, list) and value:
+            shown = ", ".join(str(v) for v in value[:5]) + (" ..." if len(value) > 5 else "")
+            texts.append(f"{len(value)} label image(s) hold no nucleus ({shown}).")
         elif key in {"warning", "warnings"}:
             items = value if isinstance(value, list) else [value]
             texts.extend(str(item) for item in items if isinstance(item, str) and item)
@@ -314,12 +317,13 @@ def crops_section(report: ReportContext) -> Markup:
         examples[condition] = (crops[start:start + len(indices)], ids)
         start += len(indices)
     src = report.figures.save(fig.crop_grid(examples, run.crops.channel_names, ranges), "crops")
-    attrs = run.crops.attrs
-    described = {k: attrs[k] for k in ("crop_size", "normalisation", "scale_mode", "align", "dtype") if k in attrs}
     caption = (f"Cells spread over each condition ({CROPS_PER_CONDITION} per row block); each channel "
                "uses one intensity scale for all conditions.")
+    extraction = run.metrics.get("extraction")
+    described = _scalars(extraction) if isinstance(extraction, Mapping) else {
+        k: v for k, v in run.crops.attrs.items() if isinstance(v, (str, int, float, bool))}
     return join([image(src, "example crops per condition and channel", caption),
-                 mapping_table(described, "crops.zarr", "value") if described else ""])
+                 element("h3", "Extraction"), mapping_table(described, "item", "value")])
 
 
 # ---------------------------------------------------------------------------- classification
@@ -549,27 +553,18 @@ def _shell_columns(columns: list[str], channel: str, statistic: str = "share") -
 
 
 def _map_shell_shares(report: ReportContext, map_set: Any, rows: Any) -> Any | None:
-    """Per explained cell: each shell's share of the map (same shells as the image features)."""
-    try:
-        from epikit.analysis.shells import shell_regions
-    except ImportError:
-        return None
+    """Per explained cell: each shell's share of the map (the image features' shells)."""
+    from epikit.analysis.shells import shell_means, shell_regions, shell_shares
+
     run = report.run
     masks = run.crops.read_masks(rows["crop_index"].to_numpy())
     if masks is None:
         return None
+    n_shells = int(run.crops.attrs.get("n_shells", 5))
     maps = map_set.read(rows["map_row"].to_numpy())
-    shares = np.full((len(rows), 5), np.nan)
-    for index, (map_, mask) in enumerate(zip(maps, masks)):
-        if not mask.any():
-            continue
-        regions = shell_regions(mask, n_shells=5)
-        means = np.array([map_[regions == k].mean() if (regions == k).any() else np.nan for k in range(1, 6)])
-        total = np.nansum(means)
-        if total > 0:
-            shares[index] = means / total
+    shares = shell_shares(shell_means(maps, shell_regions(masks, n_shells), n_shells))
     frame = rows[["image_id", "condition"]].copy()
-    for k in range(5):
+    for k in range(n_shells):
         frame[f"shell_{k + 1}"] = shares[:, k]
     return frame
 
@@ -604,7 +599,7 @@ def shells_section(report: ReportContext) -> Markup:
             shares = _map_shell_shares(report, map_set, rows)
             if shares is not None:
                 map_panels[map_set.name] = summaries.profiles_by_condition(
-                    shares, [f"shell_{k}" for k in range(1, 6)])
+                    shares, [c for c in shares.columns if c.startswith("shell_")])
     if map_panels:
         src = report.figures.save(fig.shell_profiles(map_panels, "share of map"), "shells-map")
         body.append(image(src, "map shell profiles",

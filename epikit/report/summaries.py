@@ -69,7 +69,7 @@ def profiles_by_condition(frame: Any, columns: Sequence[str], image_column: str 
     Cells are first averaged within their image, then images are resampled.
     """
     profiles = {}
-    data = frame[[image_column, condition_column, *columns]].dropna()
+    data = frame[[image_column, condition_column, *columns]].dropna(subset=[image_column, condition_column])
     per_image = data.groupby([condition_column, image_column], sort=True)[list(columns)].mean()
     for condition in sorted(per_image.index.get_level_values(0).unique(), key=str):
         values = per_image.loc[condition].to_numpy()
