@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from epikit.simulate.field import check_size
+from epikit.simulate.field import check_channels, check_size
 
 RADIUS_RANGE = (6.0, 40.0)
 COVERAGE_RANGE = (0.03, 0.6)  # fraction of the field covered by nuclei
@@ -27,13 +27,20 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-def sample_diverse_field_params(rng: np.random.Generator, size: int | tuple[int, int] = (256, 256)) -> dict[str, Any]:
-    """Keyword arguments for ``simulate_field`` (including ``size``) drawn for diversity.
+def sample_diverse_field_params(
+    rng: np.random.Generator,
+    size: int | tuple[int, int] = (256, 256),
+    channels: tuple[str, ...] = ("Hoechst",),
+) -> dict[str, Any]:
+    """Keyword arguments for ``simulate_field`` (including ``size`` and ``channels``) drawn for diversity.
 
-    Use as ``simulate_field(rng, **sample_diverse_field_params(rng))``. No effect is planted
+    Use as ``simulate_field(rng, **sample_diverse_field_params(rng, size=256))``; the field's
+    ``image[0]`` is then the nuclear (Hoechst) channel. By default only that channel is
+    simulated (faster); pass ``channels=CHANNEL_NAMES`` for all three. No effect is planted
     (``effect="none"``): these fields are for segmentation, not classification.
     """
     size = check_size(size)
+    channels = check_channels(channels)
     radius = _log_uniform(rng, *RADIUS_RANGE)
     spread = rng.uniform(0.05, 0.35)
     coverage = rng.uniform(*COVERAGE_RANGE)
@@ -44,6 +51,7 @@ def sample_diverse_field_params(rng: np.random.Generator, size: int | tuple[int,
     gain = min(_log_uniform(rng, 0.5, 8.0), 15000.0 / photons)
     return {
         "size": size,
+        "channels": channels,
         "n_nuclei": (max(1, int(count * 0.8)), count),
         "radius": (max(3.0, radius * (1 - spread)), radius * (1 + spread)),
         "aspect": (1.0, float(rng.uniform(1.1, 2.0))),
