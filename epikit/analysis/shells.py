@@ -10,7 +10,7 @@ exactly one shell, every pixel outside the nucleus is ``0``):
 
 ``scaled`` (the study's)
     The mask scaled by ``s`` towards its centroid ``c`` contains pixel ``p`` iff
-    ``c + (p - c) / s`` (rounded to the nearest pixel) lies inside the original mask. Shell
+    ``c + (p - c) / s`` (rounded to the nearest pixel, ties up) lies inside the original mask. Shell
     ``k`` holds the nucleus pixels whose smallest containing scaled mask has
     ``s = (n + 1 - k) / n``, i.e. ``k`` is the largest shell index whose scaled mask contains
     the pixel. For star-shaped nuclei (the usual convex case) this is exactly "inside the
@@ -56,8 +56,9 @@ def _scaled_shells(rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, n_she
     height, width = inside.shape
     cy, cx = rows.mean(), cols.mean()
     scales = ((n_shells + 1 - np.arange(2, n_shells + 1)) / n_shells)[:, None]  # shells 2..n
-    r = np.rint(cy + (rows - cy) / scales).astype(np.intp)
-    c = np.rint(cx + (cols - cx) / scales).astype(np.intp)
+    # Nearest pixel, ties rounded up (as scipy.ndimage's order-0 sampling).
+    r = np.floor(cy + (rows - cy) / scales + 0.5).astype(np.intp)
+    c = np.floor(cx + (cols - cx) / scales + 0.5).astype(np.intp)
     valid = (r >= 0) & (r < height) & (c >= 0) & (c < width)
     contained = np.zeros(r.shape, dtype=bool)
     contained[valid] = inside[r[valid], c[valid]]
