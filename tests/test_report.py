@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -113,6 +112,10 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
     cells["prediction"] = np.where(cells["prob_" + conditions[1]] > 0.5, conditions[1], conditions[0])
     cells["probability"] = cells[["prob_" + c for c in conditions]].max(axis=1)
     cells["correct"] = cells["prediction"] == cells["condition"]
+    second = f"{HOSTILE_CHANNEL}:"  # a second trained view, as epikit.training prefixes it
+    cells[second + "prediction"] = cells["prediction"]
+    for c in conditions:
+        cells[f"{second}prob_{c}"] = np.clip(cells[f"prob_{c}"] + rng.normal(0, 0.2, len(cells)), 0, 1)
     cells.to_parquet(run / "cells.parquet", index=False)
     pd.DataFrame(seg_rows).to_csv(run / "segmentation.csv", index=False)
 
@@ -151,18 +154,27 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
     biomarkers.to_csv(run / "biomarkers.csv", index=False)
 
     (run / "model").mkdir()
-    write_json(run / "model" / "training.json", {"folds": [
-        {"fold": k, "history": [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1),
-                                 "train_accuracy": 1 - 0.5 / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1)}
-                                for e in range(6)]} for k in range(3)]})
+    history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.5 / e, "lr": 1e-3,
+                "val_loss": 1.2 / e, "val_accuracy": 1 - 0.6 / e, "val_balanced_accuracy": None}
+               for e in range(1, 7)]
+    write_json(run / "model" / "training.json", {"primary_view": "all", "views": {
+        view: {"channels": list(CHANNELS), "classes": list(conditions), "classifier": "resnet10",
+               "folds": [{"fold": k, "best_epoch": 5, "history": history} for k in range(3)]}
+        for view in ("all", HOSTILE_CHANNEL)}})
+    scores = {"n": len(cells), "accuracy": 0.9, "balanced_accuracy": 0.9, "roc_auc": 0.95, "f1": 0.9}
+    folds = [{"fold": k, "n_test": 8, "best_epoch": 5, **scores} for k in range(3)]
     write_json(run / "metrics.json", {
         "segmentation": {"images": len(inputs), "nuclei": 4 * len(inputs)},
         "extraction": {"n_cells": len(cells), "n_clipped": 2, "n_skipped_border": 1,
                        "empty_images": ["ctrl/field_9"], "cells_per_condition": {HOSTILE: 12, "ctrl": 12}},
-        "classification": {"accuracy": 0.9, "balanced_accuracy": 0.9, "roc_auc": 0.95,
-                           "classes": list(conditions), "confusion_matrix": [[10, 2], [1, 11]],
-                           "folds": [{"fold": k, "accuracy": 0.9, "balanced_accuracy": 0.9} for k in range(3)],
-                           "confound": {"confounded": False}},
+        "classification": {**scores, "classes": list(conditions), "confusion_matrix": [[10, 2], [1, 11]],
+                           "per_class": {c: {"precision": 0.9, "recall": 0.9, "support": 12} for c in conditions},
+                           "image_level": {"n_images": 2 * fields, "majority_vote_accuracy": 1.0},
+                           "folds": folds, "mean": scores, "std": {k: 0.01 for k in scores},
+                           "classifier": "resnet10", "split": "group", "view": "all",
+                           "warnings": [f"condition is confounded with 'plate' ({HOSTILE})"],
+                           "views": {"all": {**scores, "channels": list(CHANNELS)},
+                                     HOSTILE_CHANNEL: {**scores, "channels": [HOSTILE_CHANNEL]}}},
         "explanation": {"explainer": "scorecam", "cells": len(explained),
                         "sanity": {"rank_correlation": 0.12, "passed": True}},
         "findings": [{"text": f"map attention in shell_1 (rim) higher in {HOSTILE}, q=0.0012",
@@ -220,6 +232,7 @@ def test_report_shows_warnings_and_findings(full_run):
     assert "Skipped input file input/cond0/broken <b>.tif: not a TIFF" in visible
     assert "2 nuclei were clipped" in visible
     assert "1 label image(s) hold no nucleus (ctrl/field_9)" in visible
+    assert f"condition is confounded with 'plate' ({HOSTILE})" in visible
     assert "map attention in shell_1 (rim) higher in" in visible
     assert "not available" not in visible
 
@@ -229,7 +242,7 @@ def test_missing_artefacts_give_notes(tmp_path):
     run.mkdir()
     report = build_report(run, strict=True)
     visible = "".join(_parse(report).text)
-    for what in ("Inputs and parameters", "Counts per image", "Example crops", "Training curves",
+    for what in ("Inputs and parameters", "Counts per image", "Example crops", "Classification",
                  "Explanation maps", "Image shell profiles", "Findings", "Biomarker table"):
         assert f"{what} not available" in visible, what
     assert _parse(report).images == []

@@ -150,30 +150,34 @@ def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_name
     return figure
 
 
-def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Any:
-    """One panel per metric (loss, accuracy, ...), one line per (fold, split) series.
+def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
+                    best: Mapping[str, int] | None = None) -> Any:
+    """One panel per score (loss, accuracy, ...), one colour per fold; dashed = validation.
 
-    ``curves`` maps a series label (``fold 0``) to ``{metric name: values per epoch}``.
+    ``curves`` maps a series label (``fold 0``) to ``{name: values per epoch}`` with names
+    such as ``train_loss`` / ``val_loss``; ``best`` marks each label's kept epoch.
     """
     plt = pyplot()
-    metrics = sorted({m for series in curves.values() for m in series},
-                     key=lambda m: ("loss" not in m, m))
-    bases = sorted({_metric_base(m) for m in metrics}, key=lambda b: ("loss" not in b, b))
-    figure, axes = plt.subplots(1, len(bases), squeeze=False, figsize=(4.2 * len(bases), 3.0))
+    bases = sorted({_metric_base(m) for series in curves.values() for m in series},
+                   key=lambda b: ("loss" not in b, b))
+    figure, axes = plt.subplots(1, len(bases), squeeze=False, figsize=(3.6 * len(bases), 2.8))
     cmap = plt.get_cmap("tab10")
     for index, (label, series) in enumerate(curves.items()):
+        colour = cmap(index % 10)
         for name, values in series.items():
             axis = axes[0, bases.index(_metric_base(name))]
             style = "--" if name.startswith(("val", "valid")) else "-"
             epochs = np.arange(1, len(values) + 1)
-            axis.plot(epochs, np.asarray(values, dtype=float), style, color=cmap(index % 10),
-                      lw=1.2, label=f"{plain(label)} {plain(name)}")
+            axis.plot(epochs, np.asarray(values, dtype=float), style, color=colour, lw=1.2,
+                      label=plain(label) if style == "-" else None)
+            if best and label in best:
+                axis.axvline(best[label], color=colour, ls=":", lw=0.8)
     for axis, base in zip(axes[0], bases):
-        axis.set_title(plain(base), fontsize=10)
+        axis.set_title(plain(base.replace("_", " ")), fontsize=10)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    if sum(len(s) for s in curves.values()) <= 12:
-        axes[0, -1].legend(fontsize=7, loc="best")
+    if len(curves) <= 10:
+        axes[0, 0].legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure
 
@@ -321,6 +325,6 @@ def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
     axis.set_xticks(range(len(channels)), [plain(c) for c in channels], rotation=20, ha="right")
     axis.set_ylabel("drop in target probability")
     axis.axhline(0, color="black", lw=0.8)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.grid(axis="y", alpha=0.3)
     return figure

@@ -31,7 +31,8 @@ section { background: #fff; border: 1px solid #d8dee5; border-radius: 6px; paddi
           margin: 18px 0; }
 h2 { font-size: 19px; border-bottom: 1px solid #e3e8ee; padding-bottom: 6px; }
 h3 { font-size: 15px; margin: 18px 0 6px 0; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 12.5px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 12.5px; display: block; overflow-x: auto;
+        max-width: 100%; }
 th, td { border: 1px solid #d8dee5; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #eef2f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -125,7 +126,7 @@ def format_value(value: Any, digits: int = 3) -> str:
         number = float(value)
         if math.isnan(number):
             return ""
-        if number != 0 and abs(number) < 10 ** -digits:
+        if number != 0 and abs(number) < 10 ** -(digits - 1):
             return f"{number:.2e}"
         return f"{number:.{digits}f}".rstrip("0").rstrip(".") if abs(number) < 1e6 else f"{number:.3e}"
     if isinstance(value, (list, tuple)):
