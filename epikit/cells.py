@@ -247,12 +247,39 @@ def crop_nuclei(
     if settings.normalise == "image" and image_range is None:
         image_range = intensity_range(image, settings.percentiles)
     patches, origins = zip(*(_patch(image, labels, n, settings, image_range) for n in nuclei))
+    if settings.scale == "native" and settings.align == "none":
+        sampled = torch.from_numpy(np.stack([_window(p, n, o, size) for p, n, o in zip(patches, nuclei, origins)]))
+    else:
+        sampled = _resample(patches, origins, nuclei, size)
+    weight = sampled[:, channels]
+    inside = weight > 0.5
+    if settings.keep_context:
+        crops = sampled[:, :channels]
+    else:
+        crops = torch.where(inside[:, None], sampled[:, :channels] / weight.clamp_min(1e-6)[:, None], 0.0)
+    return crops.numpy(), inside.numpy().astype(np.uint8)
+
+
+def _window(patch: np.ndarray, nucleus: Nucleus, origin: tuple[int, int], size: int) -> np.ndarray:
+    """Native, unrotated crops need no resampling: cut the S x S window (zero-padded) exactly."""
+    top = round(nucleus.centre[0] - (size - 1) / 2) - origin[0]
+    left = round(nucleus.centre[1] - (size - 1) / 2) - origin[1]
+    window = np.zeros((patch.shape[0], size, size), dtype=np.float32)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + size, patch.shape[1]), min(left + size, patch.shape[2])
+    if y1 > y0 and x1 > x0:
+        window[:, y0 - top:y1 - top, x0 - left:x1 - left] = patch[:, y0:y1, x0:x1]
+    return window
+
+
+def _resample(patches: Sequence[np.ndarray], origins: Sequence[tuple[int, int]], nuclei: Sequence[Nucleus],
+              size: int) -> torch.Tensor:
+    """Sample every nucleus's affine crop from its patch in one ``grid_sample`` call."""
     height = max(p.shape[1] for p in patches)
     width = max(p.shape[2] for p in patches)
-    batch = torch.zeros((len(patches), channels + 1, height, width), dtype=torch.float32)
+    batch = torch.zeros((len(patches), patches[0].shape[0], height, width), dtype=torch.float32)
     for i, p in enumerate(patches):
         batch[i, :, : p.shape[1], : p.shape[2]] = torch.from_numpy(p)
-
     # Output pixel (i, j) -> image coordinates centre + axes @ ((i, j) - (S - 1) / 2) / scale.
     steps = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1).reshape(-1, 2)
@@ -262,15 +289,8 @@ def crop_nuclei(
                          dtype=torch.float64)
     points = local[:, None, :] + offsets[None] @ axes.transpose(1, 2) / scale  # (n, S*S, (row, col))
     grid = torch.stack([(2 * points[..., 1] + 1) / width - 1, (2 * points[..., 0] + 1) / height - 1], dim=-1)
-    sampled = F.grid_sample(batch, grid.reshape(-1, size, size, 2).float(), mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
-    weight = sampled[:, channels]
-    inside = weight > 0.5
-    if settings.keep_context:
-        crops = sampled[:, :channels]
-    else:
-        crops = torch.where(inside[:, None], sampled[:, :channels] / weight.clamp_min(1e-6)[:, None], 0.0)
-    return crops.numpy(), inside.numpy().astype(np.uint8)
+    return F.grid_sample(batch, grid.reshape(-1, size, size, 2).float(), mode="bilinear",
+                         padding_mode="zeros", align_corners=False)
 
 
 def describe_nuclei(
