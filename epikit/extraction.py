@@ -174,7 +174,7 @@ class _WorkState:
         """Open (or create) the working Zarr arrays, cut back to the committed cells."""
         import zarr
 
-        if not self.work_store.exists() and self.final_store.exists():
+        if not self.work_store.exists() and self.state["finalised"] and self.final_store.exists():
             # Extending a finished extraction: its outputs become working files again.
             os.replace(self.final_store, self.work_store)
             (self.out_dir / CELLS_NAME).unlink(missing_ok=True)
