@@ -19,10 +19,11 @@ from epikit.io import ImageRecord, mask_path, write_json
 from epikit.report import build_report
 from epikit.report.figures import safe_name
 from epikit.report.html import Markup, element, escape
-from epikit.report.summaries import bootstrap_band, roc_points
+from epikit.report.summaries import roc_points
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_CHANNEL = "<img src=x onerror=alert(2)>"
+HOSTILE_CONDITION = "<img src=x onerror=alert(3)>"  # a valid folder name (no slash)
 CHANNELS = ("Hoechst", HOSTILE_CHANNEL, "H3K27ac")
 CROP = 32
 
@@ -194,6 +195,51 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
 
 
 @pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    """A run folder made by the real stages: simulate -> ground-truth masks -> extract -> train.
+
+    The treated condition's folders are renamed to a hostile name before discovery, so the
+    name travels through every stage into the report.
+    """
+    import warnings
+
+    from epikit.extraction import extract_cells
+    from epikit.io import find_images
+    from epikit.simulate import simulate_dataset
+    from epikit.training import train_run
+
+    root = tmp_path_factory.mktemp("real")
+    sim = simulate_dataset(root / "sim", n_fields=3, size=(128, 128), n_nuclei=(5, 7),
+                           radius=(10.0, 14.0), seed=0)
+    for folder in ("images", "masks"):
+        (sim / folder / "vpa").rename(sim / folder / HOSTILE_CONDITION)
+    records, _ = find_images(sim / "images")
+    run = root / "run"
+    shutil.copytree(sim / "masks", run / "masks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract_cells(records, run / "masks", run, crop_size=32)
+        train_run(run, "cnn", folds=2, epochs=2, batch_size=16, progress=False)
+    build_report(run, strict=True)
+    return run
+
+
+def test_report_from_real_stages(real_run):
+    page = _parse(real_run / "report.html")
+    visible = "".join(page.text)
+    for src in page.images:
+        assert (real_run / src).is_file(), src
+    names = " ".join(page.images)
+    for figure in ("overlay", "counts", "crops", "training-curves", "roc", "confusion", "shells-image"):
+        assert f"figures/{figure}-" in names, figure
+    for section in ("Counts per image", "Example crops", "Classification", "Training curves",
+                    "ROC curve", "Image shell profiles"):
+        assert f"{section} not available" not in visible, section
+    assert HOSTILE_CONDITION in visible
+    assert HOSTILE_CONDITION not in (real_run / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
     run = make_run_folder(tmp_path_factory.mktemp("report"))
     build_report(run, strict=True)
@@ -262,7 +308,7 @@ def test_partial_run_folder_renders_what_is_there(tmp_path):
 
 
 def test_broken_artefact_keeps_the_previous_report(tmp_path):
-    run = make_run_folder(tmp_path)
+    run = make_run_folder(tmp_path, fields=2)
     report = build_report(run)
     before = report.read_text(encoding="utf-8")
     figures_before = sorted(p.name for p in (run / "figures").iterdir())
@@ -320,23 +366,13 @@ def test_roc_points_match_the_mann_whitney_auc():
         roc_points(np.ones(4, bool), np.arange(4.0))
 
 
-def test_bootstrap_band_covers_the_mean_and_shrinks_with_more_images():
-    rng = np.random.default_rng(2)
-    few = rng.normal(0, 1, (5, 3))
-    many = rng.normal(0, 1, (200, 3))
-    for values in (few, many):
-        mean, low, high = bootstrap_band(values)
-        assert np.all(low <= mean) and np.all(mean <= high)
-    assert np.all((bootstrap_band(many)[2] - bootstrap_band(many)[1]) <
-                  (bootstrap_band(few)[2] - bootstrap_band(few)[1]))
-
-
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium not installed (CI: apt-get install -y chromium)")
-def test_report_in_headless_chromium(full_run, tmp_path):
+@pytest.mark.parametrize("run_fixture", ["full_run", "real_run"])
+def test_report_in_headless_chromium(run_fixture, request, tmp_path):
     """Every image loads in a real browser and nothing from user data runs as script.
 
     A copy of the report beside it gets a small instrumentation script: it records each
@@ -344,7 +380,8 @@ def test_report_in_headless_chromium(full_run, tmp_path):
     the report's Content-Security-Policy except that inline scripts are allowed, so the
     check relies on the escaping, not on the policy.
     """
-    text = (full_run / "report.html").read_text(encoding="utf-8")
+    run = request.getfixturevalue(run_fixture)
+    text = (run / "report.html").read_text(encoding="utf-8")
     policy = "default-src &#x27;none&#x27;;"
     assert policy in text
     probe = ("<script>window.alert=function(m){document.documentElement.setAttribute('data-alerted',String(m))};"
@@ -352,7 +389,7 @@ def test_report_in_headless_chromium(full_run, tmp_path):
              "i.setAttribute('data-width',String(i.complete?i.naturalWidth:0))}"
              "document.documentElement.setAttribute('data-checked',String(document.images.length))})</script>")
     harness = text.replace(policy, policy + " script-src &#x27;unsafe-inline&#x27;;", 1).replace("<head>", "<head>" + probe, 1)
-    copy = full_run / "browser-check.html"
+    copy = run / "browser-check.html"
     copy.write_text(harness, encoding="utf-8")
     try:
         result = subprocess.run(
@@ -367,7 +404,8 @@ def test_report_in_headless_chromium(full_run, tmp_path):
     checked = re.search(r'data-checked="(\d+)"', dom)
     assert checked is not None, "the page's load handler did not run"
     widths = re.findall(r'<img[^>]*data-width="(\d+)"', dom)
-    assert len(widths) == int(checked.group(1)) == len(_parse(full_run / "report.html").images)
+    assert len(widths) == int(checked.group(1)) == len(_parse(run / "report.html").images)
     assert all(int(w) > 0 for w in widths), widths
     assert 'data-alerted="' not in dom
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+    hostile = HOSTILE if run_fixture == "full_run" else HOSTILE_CONDITION
+    assert escape(hostile) in dom

@@ -37,6 +37,12 @@ def plain(text: Any) -> str:
     return str(text).replace("\\", "\\\\").replace("$", r"\$")
 
 
+def short(text: Any, width: int = 28) -> str:
+    """:func:`plain` text cut to ``width`` characters (with an ellipsis) for axis labels."""
+    text = str(text)
+    return plain(text if len(text) <= width else text[: width - 1] + "\u2026")
+
+
 def safe_name(*parts: Any) -> str:
     """A file name for a figure: a readable ASCII slug plus a hash of the exact parts.
 
@@ -98,7 +104,7 @@ def segmentation_overlay(image: np.ndarray, labels: np.ndarray, title: str) -> A
     rgb = np.repeat(_stretch(image, low, high)[..., None], 3, axis=-1)
     rgb[find_boundaries(labels, mode="inner")] = (1.0, 0.85, 0.0)
     height, width = image.shape
-    scale = 4.2 / max(height, width)
+    scale = 3.3 / max(height, width)
     figure, axis = plt.subplots(figsize=(width * scale, height * scale + 0.35))
     axis.imshow(rgb, interpolation="nearest")
     axis.set_title(plain(title), fontsize=9)
@@ -118,7 +124,7 @@ def counts_per_image(counts: Mapping[str, Sequence[float]], ylabel: str = "nucle
         axis.scatter(position + jitter, values, s=14, color=colours[condition], alpha=0.75)
         if values.size:
             axis.hlines(np.median(values), position - 0.3, position + 0.3, color="black", lw=2)
-    axis.set_xticks(range(len(counts)), [plain(c) for c in counts], rotation=20, ha="right")
+    axis.set_xticks(range(len(counts)), [short(c) for c in counts], rotation=20, ha="right")
     axis.set_ylabel(ylabel)
     axis.set_xlim(-0.6, len(counts) - 0.4)
     axis.grid(axis="y", alpha=0.3)
@@ -135,6 +141,7 @@ def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_name
     figure, axes = plt.subplots(len(rows), columns, squeeze=False,
                                 figsize=(1.3 * columns + 1.2, 1.3 * len(rows) + 0.3))
     for row, (condition, crop, _) in enumerate(rows):
+        first_of_condition = row == 0 or rows[row - 1][0] != condition
         for column in range(columns):
             axis = axes[row, column]
             low, high = ranges[column]
@@ -143,9 +150,9 @@ def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_name
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                axis.set_title(plain(channel_names[column]), fontsize=9)
-            if column == 0:
-                axis.set_ylabel(plain(condition), fontsize=8)
+                axis.set_title(short(channel_names[column], 20), fontsize=9)
+            if column == 0 and first_of_condition:
+                axis.set_ylabel(short(condition, 16), fontsize=8, rotation=0, ha="right", va="center")
     figure.tight_layout(pad=0.3)
     return figure
 
@@ -172,9 +179,12 @@ def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
                       label=plain(label) if style == "-" else None)
             if best and label in best:
                 axis.axvline(best[label], color=colour, ls=":", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
     for axis, base in zip(axes[0], bases):
         axis.set_title(plain(base.replace("_", " ")), fontsize=10)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     if len(curves) <= 10:
         axes[0, 0].legend(fontsize=7, loc="best")
@@ -221,7 +231,7 @@ def confusion_plot(matrix: np.ndarray, classes: Sequence[str]) -> Any:
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, f"{int(count)}\n{share[row, column]:.0%}", ha="center", va="center",
                   fontsize=9, color="white" if share[row, column] > 0.6 else "black")
-    labels = [plain(c) for c in classes]
+    labels = [short(c) for c in classes]
     axis.set_xticks(range(len(classes)), labels, rotation=20, ha="right")
     axis.set_yticks(range(len(classes)), labels)
     axis.set_xlabel("predicted")
@@ -261,8 +271,9 @@ def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray
             top.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             bottom.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             bottom.imshow(_overlay(map_, mask), interpolation="nearest")
-        axes[2 * index, 0].set_ylabel(f"{plain(condition)}\ncrop", fontsize=8)
-        axes[2 * index + 1, 0].set_ylabel("map", fontsize=8)
+        axes[2 * index, 0].set_ylabel(f"{short(condition, 16)}\ncrop", fontsize=8, rotation=0,
+                                      ha="right", va="center")
+        axes[2 * index + 1, 0].set_ylabel("map", fontsize=8, rotation=0, ha="right", va="center")
     figure.tight_layout(pad=0.3)
     return figure
 
@@ -275,7 +286,7 @@ def average_maps(averages: Mapping[str, tuple[np.ndarray, int]]) -> Any:
     image = None
     for axis, (condition, (average, count)) in zip(axes[0], averages.items()):
         image = axis.imshow(average, cmap="inferno", vmin=0, vmax=high, interpolation="bilinear")
-        axis.set_title(f"{plain(condition)} (n={count})", fontsize=9)
+        axis.set_title(f"{short(condition, 20)} (n={count})", fontsize=9)
         axis.axis("off")
     if image is not None:
         figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean map value")
@@ -298,8 +309,8 @@ def shell_profiles(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarra
             shells = np.arange(1, len(mean) + 1)
             axis.fill_between(shells, low, high, color=colours[condition], alpha=0.2, lw=0)
             axis.plot(shells, mean, "o-", color=colours[condition], ms=3.5, lw=1.5,
-                      label=f"{plain(condition)} ({count} images)")
-        axis.set_title(plain(channel), fontsize=10)
+                      label=f"{short(condition)} ({count} images)")
+        axis.set_title(short(channel, 24), fontsize=10)
         count = len(next(iter(profiles.values()))[0]) if profiles else 5
         axis.set_xticks(range(1, count + 1), ["rim"] + [str(k) for k in range(2, count)] + ["centre"])
         axis.set_xlabel("shell")
@@ -321,8 +332,8 @@ def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
     for index, condition in enumerate(conditions):
         values = [float(attribution[condition].get(ch, np.nan)) for ch in channels]
         axis.bar(np.arange(len(channels)) + index * width - 0.4 + width / 2, values, width,
-                 color=colours[condition], label=plain(condition))
-    axis.set_xticks(range(len(channels)), [plain(c) for c in channels], rotation=20, ha="right")
+                 color=colours[condition], label=short(condition))
+    axis.set_xticks(range(len(channels)), [short(c) for c in channels], rotation=20, ha="right")
     axis.set_ylabel("drop in target probability")
     axis.axhline(0, color="black", lw=0.8)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

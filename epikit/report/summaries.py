@@ -1,4 +1,4 @@
-"""Numbers behind the report's figures: ROC points, confusion counts, bootstrap bands.
+"""Numbers behind the report's figures: ROC points, confusion counts, shell profiles.
 
 Small numpy reductions of run-folder tables; plotting lives in
 :mod:`epikit.report.figures`.
@@ -43,37 +43,21 @@ def confusion_counts(true: Sequence[Any], predicted: Sequence[Any], classes: Seq
     return matrix
 
 
-def bootstrap_band(per_image: np.ndarray, n_boot: int = 1000, level: float = 0.95,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over images of ``per_image`` (images x values) with a bootstrap band over images.
-
-    Images are resampled with replacement (the image is the statistical unit, as in the
-    biomarker table); the band is the percentile interval of the resampled means.
-    """
-    per_image = np.asarray(per_image, dtype=float)
-    mean = np.nanmean(per_image, axis=0)
-    if per_image.shape[0] < 2:
-        return mean, mean.copy(), mean.copy()
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, per_image.shape[0], size=(n_boot, per_image.shape[0]))
-    means = np.nanmean(per_image[picks], axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.nanpercentile(means, [tail, 100.0 - tail], axis=0)
-    return mean, low, high
-
-
 def profiles_by_condition(frame: Any, columns: Sequence[str], image_column: str = "image_id",
                           condition_column: str = "condition") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """Per condition: image-level mean profile over ``columns`` with its bootstrap band.
 
-    Cells are first averaged within their image, then images are resampled.
+    Cells are first averaged within their image, then images are resampled
+    (:func:`epikit.analysis.stats.bootstrap_mean_ci`).
     """
+    from epikit.analysis.stats import bootstrap_mean_ci
+
     profiles = {}
     data = frame[[image_column, condition_column, *columns]].dropna(subset=[image_column, condition_column])
     per_image = data.groupby([condition_column, image_column], sort=True)[list(columns)].mean()
     for condition in sorted(per_image.index.get_level_values(0).unique(), key=str):
         values = per_image.loc[condition].to_numpy()
-        mean, low, high = bootstrap_band(values)
+        mean, low, high = bootstrap_mean_ci(values)
         profiles[str(condition)] = (mean, low, high, int(values.shape[0]))
     return profiles
 
