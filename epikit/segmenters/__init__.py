@@ -13,6 +13,7 @@ from epikit.hookspecs import Register, hookimpl
 def epikit_register_segmenters(register: Register) -> None:
     """Register the built-in segmenters."""
     register("watershed", "epikit.segmenters.watershed:WatershedSegmenter",
-             summary="Otsu threshold + distance-transform watershed; no weights")
+             summary="Threshold + distance-transform watershed; no weights")
     register("cellpose", "epikit.segmenters.cellpose:CellposeSegmenter",
              summary="Cellpose 4 (Cellpose-SAM); optional dependency, wants a GPU")
+    register("maskrcnn", "epikit.segmenters.maskrcnn:MaskRCNNSegmenter", summary="Compact Mask R-CNN (the study's method); shipped weights, tiled inference")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +153,15 @@ class CellposeSegmenter:
         plane = nuclear_plane(image, nuclear_channel)
         if plane.size == 0 or float(plane.max()) == float(plane.min()):
             return np.zeros(plane.shape, dtype=np.int32)
-        masks = self.model.eval(
-            plane,
-            diameter=self.diameter,
-            flow_threshold=self.flow_threshold,
-            cellprob_threshold=self.cellprob_threshold,
-            min_size=self.min_size,
-            batch_size=self.batch_size,
-        )[0]
+        with warnings.catch_warnings():
+            # cellpose builds sparse tensors in its mask step; torch warns on each call.
+            warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+            masks = self.model.eval(
+                plane,
+                diameter=self.diameter,
+                flow_threshold=self.flow_threshold,
+                cellprob_threshold=self.cellprob_threshold,
+                min_size=self.min_size,
+                batch_size=self.batch_size,
+            )[0]
         return relabel_sequential(np.asarray(masks).reshape(plane.shape))
