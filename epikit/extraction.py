@@ -12,14 +12,15 @@ measures its features on the raw image (see :mod:`epikit.features`) and writes
   orientation, eccentricity, ``crop_scale``, ``clipped`` and the feature columns;
 * ``metrics.json["extraction"]``: the summary returned.
 
-Resumable, with bounded memory: one image is read at a time and its crops are written a
-chunk at a time into a working store under ``OUT/.epikit/extract/``. After each image, its
-table rows go to a part file and then ``state.json`` records the image as done (the commit
-point). An interrupted run therefore never counts a half-written image: on restart the
-arrays are cut back to the committed cells and extraction continues with the next image.
-When every image is done, ``cells.parquet`` is streamed from the parts and the Zarr store is
-renamed into place, so both appear complete or not at all. Re-running on the same inputs
-does nothing; adding images later extends the existing store; changed settings or changed
+Resumable, with bounded memory: one image is read at a time, and its crops are computed and
+written a batch of whole chunks (at most :data:`BATCH_BYTES`) at a time into a working store
+under ``OUT/.epikit/extract/``. After each image, its table rows go to a part file and then
+``state.json`` records the image as done (the commit point). An interrupted run therefore
+never counts a half-written image: on restart the arrays are cut back to the committed cells
+and extraction continues with the next image. When every image is done, ``cells.parquet`` is
+streamed from the parts and the Zarr store is renamed into place, so both appear complete or
+not at all. Re-running on the same inputs does nothing; adding images later extends the
+existing store; changed settings or changed
 input files start afresh.
 """
 
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from epikit.cells import (
     SKIP_REASONS,
@@ -66,6 +68,8 @@ STATE_VERSION = 1
 #: Target size of one Zarr chunk; chunks hold 1 to :data:`MAX_CHUNK_CELLS` cells.
 CHUNK_BYTES = 512 * 1024
 MAX_CHUNK_CELLS = 16
+#: Most float32 crop bytes computed and written at once (whole chunks, at least one).
+BATCH_BYTES = 8 * 1024 * 1024
 DTYPES = ("float16", "float32")
 #: Columns that identify and place a cell (the rest of ``cells.parquet`` are features or
 #: columns added by later stages).
@@ -194,13 +198,13 @@ class _WorkState:
             masks.resize((n,) + tuple(masks.shape[1:]))
         return crops, masks
 
-    def commit(self, entry: dict[str, Any], part: pd.DataFrame | None) -> None:
+    def commit(self, entry: dict[str, Any], part: pa.Table | None) -> None:
         """Record one finished image: its part table first, then the state (the commit point)."""
         if part is not None:
             path = self.work / "parts" / f"{len(self.state['images']):06d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                part.to_parquet(tmp, index=False)
+                pq.write_table(part, tmp)
             entry["part"] = str(path.relative_to(self.work))
         self.state["images"].append(entry)
         self.state["n_cells"] += entry["count"]
@@ -211,8 +215,6 @@ class _WorkState:
 
     def write_table(self) -> None:
         """Stream the part tables, in crop order, into ``cells.parquet`` (atomically)."""
-        import pyarrow.parquet as pq
-
         writer = None
         try:
             with atomic_path(self.out_dir / CELLS_NAME) as tmp:
@@ -383,29 +385,37 @@ def _extract_image(record: ImageRecord, job: _Job, work: _WorkState, crops_array
         crops_array.resize((start + len(nuclei),) + tuple(crops_array.shape[1:]))
         masks_array.resize((start + len(nuclei),) + tuple(masks_array.shape[1:]))
         image_range = intensity_range(image, settings.percentiles) if settings.normalise == "image" else None
-        # Batches end on chunk boundaries, so each chunk is written whole (except the image's last).
+        # Batches of whole chunks (at most BATCH_BYTES of float32 crops) ending on chunk
+        # boundaries: each chunk is written whole (except the image's last) in few requests.
         chunk = crops_array.chunks[0]
-        edges = [0, *range(chunk - start % chunk, len(nuclei), chunk), len(nuclei)]
+        cell_bytes = 4 * len(job.channel_names) * settings.crop_size**2
+        batch = chunk * max(1, BATCH_BYTES // (chunk * cell_bytes))
+        first = (-start) % chunk or batch  # first complete a chunk the previous image began
+        edges = [0, *range(first, len(nuclei), batch), len(nuclei)]
         for a, b in zip(edges[:-1], edges[1:]):
-            if a == b:
-                continue
             crops, masks = crop_nuclei(image, labels, nuclei[a:b], settings, image_range)
             crops_array[start + a:start + b] = crops.astype(job.dtype)
             masks_array[start + a:start + b] = masks
-    part = None
-    if rows:
-        part = pd.DataFrame(rows)
-        part.insert(0, "cell_id", [f"{record.image_id}#{n.label}" for n in nuclei])
-        part.insert(1, "image_id", record.image_id)
-        part.insert(2, "path", str(record.path))
-        part.insert(3, "condition", record.condition)
-        part.insert(4, "group", record.group)
-        part.insert(part.columns.get_loc("eccentricity") + 1, "crop_index",
-                    np.arange(start, start + len(nuclei), dtype=np.int64))
+    part = _part_table(record, rows, start) if rows else None
     work.commit({"image_id": record.image_id, "condition": record.condition, "fingerprint": fingerprint,
                  "part": None, "start": start, "count": len(nuclei), "skipped": selection.skipped,
                  "clipped": selection.clipped, "empty": not bool(labels.any())}, part)
     return len(nuclei)
+
+
+def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> pa.Table:
+    """The ``cells.parquet`` rows of one image: ids and image metadata, measurements, crop rows."""
+    n = len(rows)
+    columns: dict[str, list[Any]] = {
+        "cell_id": [f"{record.image_id}#{row['label']}" for row in rows],
+        "image_id": [record.image_id] * n, "path": [str(record.path)] * n,
+        "condition": [record.condition] * n, "group": [record.group] * n,
+    }
+    for key in rows[0]:
+        columns[key] = [row[key] for row in rows]
+        if key == "eccentricity":
+            columns["crop_index"] = list(range(start, start + n))
+    return pa.table(columns)
 
 
 def _summary(state: dict[str, Any], records: list[ImageRecord], job: _Job) -> dict[str, Any]:
