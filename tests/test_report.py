@@ -62,6 +62,35 @@ def _disc(size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
     return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
 
 
+def _write_maps(run: Path, explained: pd.DataFrame, crops: np.ndarray, masks: np.ndarray,
+                conditions: tuple[str, ...]) -> None:
+    """maps.zarr through the explain stage's own writer: rim maps in the treated condition,
+    centre maps in the reference, for two views, with aligned averages per condition."""
+    from epikit.analysis.averaging import aligned_average
+    from epikit.explanation import ViewMaps, write_maps
+
+    yy, xx = np.mgrid[:CROP, :CROP]
+    radius = np.hypot(yy - 16, xx - 16) / 11
+    maps = np.asarray([np.clip(1 - radius if c == conditions[0] else radius, 0, 1) * _disc(CROP, (16, 16), 11)
+                       for c in explained["condition"]], dtype=np.float32)
+    rows = explained["crop_index"].to_numpy(np.int64)
+    results, averages = [], {}
+    for view, channels in (("all", list(range(len(CHANNELS)))), (HOSTILE_CHANNEL, [1])):
+        attrs = {"view": view, "views": ["all", HOSTILE_CHANNEL], "explainer": "scorecam", "layer": "layer2",
+                 "target": "predicted", "classes": list(conditions),
+                 "channel_names": [CHANNELS[c] for c in channels], "cell_ids": explained["cell_id"].tolist()}
+        results.append(ViewMaps(view, maps, rows, rows, explained["fold"].to_numpy(np.int64),
+                                np.zeros(len(rows), np.int64), attrs))
+        averages[view] = {}
+        for condition in conditions:
+            members = (explained["condition"] == condition).to_numpy()
+            stacked = np.concatenate([maps[members][:, None], crops[rows[members]][:, channels]], axis=1)
+            mean, coverage = aligned_average(stacked, masks[rows[members]])
+            averages[view][condition] = {"map": mean[0], "channels": mean[1:], "coverage": coverage,
+                                         "n_cells": int(members.sum())}
+    write_maps(run / "maps.zarr", results, averages)
+
+
 def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -> Path:
     """A small run folder holding every artefact of the contract, written with numpy/pandas/zarr.
 
@@ -90,8 +119,8 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
             tifffile.imwrite(target, labels)
             inputs.append({"path": str(path), "condition": condition, "group": record.image_id,
                            "sha256": "0" * 64})
-            seg_rows.append({"image_id": record.image_id, "path": str(path), "condition": condition,
-                             "nuclei": 4})
+            seg_rows.append({"image_id": record.image_id, "condition": condition, "group": record.group,
+                             "path": str(path), "mask": str(target), "n_nuclei": 4})
             for label in range(1, 5):
                 mask = _disc(CROP, (16, 16), 11)
                 ring = mask & ~_disc(CROP, (16, 16), 8)
@@ -130,17 +159,8 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
     group.attrs.update({"channel_names": list(CHANNELS), "crop_size": CROP, "normalisation": "image",
                         "scale_mode": "fit", "align": "major-axis", "dtype": "float16"})
 
-    explained = cells[cells["correct"]]
-    maps_group = zarr.open_group(str(run / "maps.zarr"), mode="w")
-    maps = zarr.open_array(store=str(run / "maps.zarr" / "maps"), mode="w",
-                           shape=(len(explained), CROP, CROP), chunks=(8, CROP, CROP), dtype="float32")
-    yy, xx = np.mgrid[:CROP, :CROP]
-    radius = np.hypot(yy - 16, xx - 16) / 11
-    values = [np.clip(1 - radius if c == conditions[0] else radius, 0, 1) * _disc(CROP, (16, 16), 11)
-              for c in explained["condition"]]
-    maps[:] = np.asarray(values, dtype=np.float32)
-    maps_group.attrs.update({"cell_ids": explained["cell_id"].tolist(), "explainer": "scorecam",
-                             "layer": "layer2", "target": "predicted"})
+    _write_maps(run, cells[cells["correct"]], np.asarray(crops, np.float32), np.asarray(crop_masks),
+                conditions)
 
     biomarkers = pd.DataFrame([
         {"source": source, "explainer": "scorecam" if source == "map" else "", "channel": channel,
@@ -176,7 +196,7 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
                            "warnings": [f"condition is confounded with 'plate' ({HOSTILE})"],
                            "views": {"all": {**scores, "channels": list(CHANNELS)},
                                      HOSTILE_CHANNEL: {**scores, "channels": [HOSTILE_CHANNEL]}}},
-        "explanation": {"explainer": "scorecam", "cells": len(explained),
+        "explanation": {"explainer": "scorecam", "n_cells": int(cells["correct"].sum()),
                         "sanity": {"rank_correlation": 0.12, "passed": True}},
         "findings": [{"text": f"map attention in shell_1 (rim) higher in {HOSTILE}, q=0.0012",
                       "q_value": 0.0012, "edge_artefact": False}],
@@ -196,13 +216,15 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
-    """A run folder made by the real stages: simulate -> ground-truth masks -> extract -> train.
+    """A run folder made by the real stages: simulate -> ground-truth masks -> extract -> train
+    -> explain.
 
     The treated condition's folders are renamed to a hostile name before discovery, so the
     name travels through every stage into the report.
     """
     import warnings
 
+    from epikit.explanation import explain_run
     from epikit.extraction import extract_cells
     from epikit.io import find_images
     from epikit.simulate import simulate_dataset
@@ -220,6 +242,7 @@ def real_run(tmp_path_factory) -> Path:
         warnings.simplefilter("ignore")
         extract_cells(records, run / "masks", run, crop_size=32)
         train_run(run, "cnn", folds=2, epochs=2, batch_size=16, progress=False)
+        explain_run(run, "gradcam", cells="all", max_cells=6, progress=False)
     build_report(run, strict=True)
     return run
 
@@ -230,10 +253,12 @@ def test_report_from_real_stages(real_run):
     for src in page.images:
         assert (real_run / src).is_file(), src
     names = " ".join(page.images)
-    for figure in ("overlay", "counts", "crops", "training-curves", "roc", "confusion", "shells-image"):
+    for figure in ("overlay", "counts", "crops", "training-curves", "roc", "confusion", "gallery",
+                   "average-maps", "shells-image", "shells-map"):
         assert f"figures/{figure}-" in names, figure
     for section in ("Counts per image", "Example crops", "Classification", "Training curves",
-                    "ROC curve", "Image shell profiles"):
+                    "ROC curve", "Explanation maps", "Aligned average maps", "Image shell profiles",
+                    "Map shell profiles"):
         assert f"{section} not available" not in visible, section
     assert HOSTILE_CONDITION in visible
     assert HOSTILE_CONDITION not in (real_run / "report.html").read_text(encoding="utf-8")

@@ -140,8 +140,10 @@ def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_name
     columns = len(channel_names)
     figure, axes = plt.subplots(len(rows), columns, squeeze=False,
                                 figsize=(1.3 * columns + 1.2, 1.3 * len(rows) + 0.3))
+    conditions = [condition for condition, _, _ in rows]
     for row, (condition, crop, _) in enumerate(rows):
-        first_of_condition = row == 0 or rows[row - 1][0] != condition
+        first = conditions.index(condition)
+        middle_of_block = row == first + (conditions.count(condition) - 1) // 2
         for column in range(columns):
             axis = axes[row, column]
             low, high = ranges[column]
@@ -151,7 +153,7 @@ def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_name
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(short(channel_names[column], 20), fontsize=9)
-            if column == 0 and first_of_condition:
+            if column == 0 and middle_of_block:
                 axis.set_ylabel(short(condition, 16), fontsize=8, rotation=0, ha="right", va="center")
     figure.tight_layout(pad=0.3)
     return figure
@@ -239,6 +241,19 @@ def confusion_plot(matrix: np.ndarray, classes: Sequence[str]) -> Any:
     return figure
 
 
+def composite(crops: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Crops (N, C, H, W) as RGB (N, H, W, 3) in [0, 1]: channels 1-3 in red, green, blue.
+
+    One channel gives grey; ``ranges`` gives each channel's display range.
+    """
+    stretched = np.stack([_stretch(crops[:, c], *ranges[c]) for c in range(min(3, crops.shape[1]))], axis=-1)
+    if stretched.shape[-1] == 1:
+        return np.repeat(stretched, 3, axis=-1)
+    if stretched.shape[-1] == 2:
+        return np.concatenate([stretched, np.zeros_like(stretched[..., :1])], axis=-1)
+    return stretched
+
+
 def _overlay(map_: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     plt = pyplot()
     rgba = plt.get_cmap("inferno")(np.clip(map_, 0, 1))
@@ -246,17 +261,15 @@ def _overlay(map_: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return rgba
 
 
-def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
-                        range_: tuple[float, float]) -> Any:
-    """Per condition (row pair): each cell's crop, and its map over the crop.
+def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]) -> Any:
+    """Per condition a pair of rows: each cell's crop (RGB), and its map over the grey crop.
 
-    ``rows`` maps a condition to (crop image 2-D, map 2-D, mask or None) per example.
+    ``rows`` maps a condition to (crop RGB (H, W, 3) in [0, 1], map (H, W), mask or None).
     """
     plt = pyplot()
     columns = max(len(v) for v in rows.values())
     figure, axes = plt.subplots(2 * len(rows), columns, squeeze=False,
-                                figsize=(1.35 * columns + 0.9, 2.7 * len(rows) + 0.2))
-    low, high = range_
+                                figsize=(1.35 * columns + 1.3, 2.7 * len(rows) + 0.2))
     for index, (condition, examples) in enumerate(rows.items()):
         for column in range(columns):
             top, bottom = axes[2 * index, column], axes[2 * index + 1, column]
@@ -266,10 +279,9 @@ def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray
                 axis.set_frame_on(False)
             if column >= len(examples):
                 continue
-            image, map_, mask = examples[column]
-            grey = _stretch(image, low, high)
-            top.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            bottom.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            rgb, map_, mask = examples[column]
+            top.imshow(rgb, interpolation="nearest")
+            bottom.imshow(rgb.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             bottom.imshow(_overlay(map_, mask), interpolation="nearest")
         axes[2 * index, 0].set_ylabel(f"{short(condition, 16)}\ncrop", fontsize=8, rotation=0,
                                       ha="right", va="center")
@@ -278,18 +290,34 @@ def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray
     return figure
 
 
-def average_maps(averages: Mapping[str, tuple[np.ndarray, int]]) -> Any:
-    """Per condition: the average aligned map with the number of cells averaged."""
+def average_maps(rows: Mapping[str, Mapping[str, tuple[np.ndarray, int]]]) -> Any:
+    """A grid: one row per quantity (``map``, then channels), one column per condition.
+
+    ``rows[name][condition] = (average image, number of cells)``; each row shares one colour
+    scale so conditions compare directly. NaN (no nucleus there) is drawn white.
+    """
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(averages), squeeze=False, figsize=(2.4 * len(averages) + 0.8, 2.6))
-    high = max(float(np.nanmax(a)) for a, _ in averages.values()) or 1.0
-    image = None
-    for axis, (condition, (average, count)) in zip(axes[0], averages.items()):
-        image = axis.imshow(average, cmap="inferno", vmin=0, vmax=high, interpolation="bilinear")
-        axis.set_title(f"{short(condition, 20)} (n={count})", fontsize=9)
-        axis.axis("off")
-    if image is not None:
-        figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="mean map value")
+    conditions = list(next(iter(rows.values())))
+    figure, axes = plt.subplots(len(rows), len(conditions), squeeze=False,
+                                figsize=(2.0 * len(conditions) + 1.6, 2.0 * len(rows) + 0.3))
+    for r, (name, per_condition) in enumerate(rows.items()):
+        finite = [a[np.isfinite(a)] for a, _ in per_condition.values()]
+        values = np.concatenate(finite) if finite else np.zeros(1)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        cmap = plt.get_cmap("inferno" if name == "map" else "gray").with_extremes(bad="white")
+        shown = None
+        for c, condition in enumerate(conditions):
+            axis = axes[r, c]
+            average, count = per_condition.get(condition, (np.full((2, 2), np.nan), 0))
+            shown = axis.imshow(np.ma.masked_invalid(average), cmap=cmap, vmin=low,
+                                vmax=high if high > low else low + 1e-6, interpolation="bilinear")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(f"{short(condition, 20)}\n(n={count})", fontsize=9)
+            if c == 0:
+                axis.set_ylabel(short(name, 16), fontsize=9)
+        figure.colorbar(shown, ax=list(axes[r]), shrink=0.85, pad=0.02)
     return figure
 
 

@@ -36,81 +36,34 @@ def _string_list(value: Any) -> list[str] | None:
 
 @dataclass
 class CropStore:
-    """``crops.zarr``: crops (N,C,S,S), nucleus masks (N,S,S) and channel names."""
+    """``crops.zarr`` read without torch: crops (N,C,S,S), masks (N,S,S), channel names, attrs."""
 
+    path: Path
     crops: Any
-    masks: Any | None
+    has_masks: bool
     channel_names: list[str]
-    scale: float | None
-    offset: float | None
     attrs: dict[str, Any]
 
     def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
-        """Crops at ``indices`` as float32 (N,C,S,S), scaled back when stored as integers."""
+        """Crops at rows ``indices`` (in that order) as float32 (N,C,S,S)."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return np.zeros((0, *self.crops.shape[1:]), dtype=np.float32)
         order = np.argsort(indices)
         data = np.asarray(self.crops.get_orthogonal_selection((indices[order],)), dtype=np.float32)
-        data = data[np.argsort(order)]
-        if self.scale is not None:
-            data = data * np.float32(self.scale)
-        if self.offset is not None:
-            data = data + np.float32(self.offset)
-        return data
+        out = np.empty_like(data)
+        out[order] = data
+        return out
 
     def read_masks(self, indices: np.ndarray | list[int]) -> np.ndarray | None:
-        """Nucleus masks at ``indices`` as bool (N,S,S), or ``None`` without a mask array."""
-        if self.masks is None:
-            return None
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
-            return np.zeros((0, *self.masks.shape[1:]), dtype=bool)
-        order = np.argsort(indices)
-        data = np.asarray(self.masks.get_orthogonal_selection((indices[order],)))
-        return data[np.argsort(order)] > 0
+        """Nucleus masks at rows ``indices`` as bool (N,S,S); ``None`` without a masks array."""
+        from epikit.explanation import read_masks
 
-
-@dataclass
-class MapSet:
-    """One set of explanation maps (one view / explainer) from ``maps.zarr``."""
-
-    name: str
-    maps: Any
-    cell_ids: list[str]
-    attrs: dict[str, Any]
-
-    def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Maps at ``rows`` as float32 (N,S,S)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return np.zeros((0, *self.maps.shape[1:]), dtype=np.float32)
-        order = np.argsort(rows)
-        data = np.asarray(self.maps.get_orthogonal_selection((rows[order],)), dtype=np.float32)
-        return data[np.argsort(order)]
+        return read_masks(self.path, np.asarray(indices, dtype=np.int64)) if self.has_masks else None
 
 
 def _group_arrays(group: Any) -> dict[str, Any]:
     return {name: array for name, array in group.arrays()}
-
-
-def _map_set(name: str, group: Any) -> MapSet | None:
-    arrays = _group_arrays(group)
-    if "maps" not in arrays:
-        return None
-    attrs = dict(group.attrs)
-    maps = arrays["maps"]
-    attrs.update({k: v for k, v in dict(maps.attrs).items() if k not in attrs})
-    cell_ids = None
-    for key in ("cell_ids", "cell_id"):
-        cell_ids = cell_ids or _string_list(attrs.get(key))
-        if cell_ids is None and key in arrays:
-            cell_ids = [str(v) for v in np.asarray(arrays[key][:]).tolist()]
-    if cell_ids is None or len(cell_ids) != maps.shape[0]:
-        return None
-    attrs.pop("cell_ids", None)
-    attrs.pop("cell_id", None)
-    return MapSet(str(attrs.get("view", name)), maps, cell_ids, attrs)
 
 
 class RunFolder:
@@ -183,33 +136,46 @@ class RunFolder:
         if "crops" not in arrays:
             return None
         crops = arrays["crops"]
-        attrs = {**dict(crops.attrs), **dict(group.attrs)}
+        attrs = dict(group.attrs)
         channels = _string_list(attrs.get("channel_names")) or [f"ch{i}" for i in range(crops.shape[1])]
-        integer = np.dtype(crops.dtype).kind in "iu"
-        scale = attrs.get("scale") if integer else None
-        offset = attrs.get("offset") if integer else None
-        return CropStore(crops, arrays.get("masks"), channels,
-                         float(scale) if isinstance(scale, (int, float)) else None,
-                         float(offset) if isinstance(offset, (int, float)) else None, attrs)
+        return CropStore(path, crops, "masks" in arrays, channels, attrs)
 
     @cached_property
-    def map_sets(self) -> list[MapSet]:
-        """Explanation maps in ``maps.zarr``: the root set and one per sub-group (view)."""
+    def map_sets(self) -> list[Any]:
+        """Every view's maps in ``maps.zarr`` (:class:`epikit.explanation.StoredMaps`), primary first."""
         import zarr
 
-        path = self.path / "maps.zarr"
+        from epikit.explanation import MAPS_NAME, read_maps
+
+        path = self.path / MAPS_NAME
         if not path.is_dir():
             return []
-        group = zarr.open_group(str(path), mode="r")
-        sets = []
-        root = _map_set(str(group.attrs.get("view", "all")), group)
-        if root is not None:
-            sets.append(root)
-        for name, child in sorted(group.groups()):
-            found = _map_set(name, child)
-            if found is not None:
-                sets.append(found)
-        return sets
+        root = zarr.open_group(str(path), mode="r")
+        views = _string_list(root.attrs.get("views")) or [str(root.attrs.get("view"))]
+        return [read_maps(self.path, view) for view in views]
+
+    def map_averages(self, view: str) -> dict[str, dict[str, Any]]:
+        """Stored aligned averages of a view: per condition ``map``, ``channels``, ``n_cells``."""
+        import zarr
+
+        from epikit.explanation import AVERAGE_GROUP, MAPS_NAME
+
+        root = zarr.open_group(str(self.path / MAPS_NAME), mode="r")
+        base = "" if root.attrs.get("view") == view else f"{view}/"
+        averages = {}
+        for condition in self.conditions:
+            try:
+                group = root[f"{base}{AVERAGE_GROUP}/{condition}"]
+            except KeyError:
+                continue
+            arrays = _group_arrays(group)
+            if "map" in arrays:
+                averages[condition] = {
+                    "map": np.asarray(arrays["map"][...], dtype=np.float32),
+                    "channels": np.asarray(arrays["channels"][...], dtype=np.float32) if "channels" in arrays else None,
+                    "n_cells": int(group.attrs.get("n_cells", 0)),
+                }
+        return averages
 
     @cached_property
     def conditions(self) -> list[str]:

@@ -6,6 +6,7 @@ Small numpy reductions of run-folder tables; plotting lives in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +58,12 @@ def profiles_by_condition(frame: Any, columns: Sequence[str], image_column: str 
     per_image = data.groupby([condition_column, image_column], sort=True)[list(columns)].mean()
     for condition in sorted(per_image.index.get_level_values(0).unique(), key=str):
         values = per_image.loc[condition].to_numpy()
-        mean, low, high = bootstrap_mean_ci(values)
+        values = values[~np.isnan(values).all(axis=1)]  # images without any defined value
+        if not len(values):
+            continue
+        with warnings.catch_warnings():  # a shell empty in every resampled image stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = bootstrap_mean_ci(values)
         profiles[str(condition)] = (mean, low, high, int(values.shape[0]))
     return profiles
 

@@ -1,4 +1,4 @@
-"""Explanation section: a gallery of crops with their maps, and average maps per condition."""
+"""Explanation section: a gallery of crops with their maps, and aligned average maps per condition."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import numpy as np
 from epikit.report import figures as fig
 from epikit.report import summaries
 from epikit.report.html import Markup, element, image, join, mapping_table, note
-from epikit.report.run_folder import MapSet, RunFolder
-from epikit.report.sections.common import ReportContext, scalars, unavailable
+from epikit.explanation import StoredMaps
+from epikit.report.run_folder import RunFolder
+from epikit.report.sections.common import ReportContext, records_table, scalars, unavailable
 
 #: Example cells per condition in the gallery.
 MAPS_PER_CONDITION = 6
 
 
-def map_rows(run: RunFolder, map_set: MapSet) -> Any | None:
-    """cells.parquet rows of the explained cells, with their row in the map array."""
+def map_rows(run: RunFolder, map_set: StoredMaps) -> Any | None:
+    """cells.parquet rows of the explained cells, with their row in the map array (``map_row``)."""
     import pandas as pd
 
     cells = run.cells
@@ -28,18 +29,16 @@ def map_rows(run: RunFolder, map_set: MapSet) -> Any | None:
     return positions.merge(cells, on="cell_id", how="inner")
 
 
-def _view_channel(map_set: MapSet, channel_names: list[str]) -> int:
-    """Which crop channel to show under a view's maps: the view's channel, else the first."""
-    names = map_set.attrs.get("channels") or [map_set.name]
-    names = [names] if isinstance(names, str) else list(names)
-    for name in names:
-        if name in channel_names:
-            return channel_names.index(name)
-    return 0
+def view_channels(map_set: StoredMaps, channel_names: list[str]) -> list[int]:
+    """Crop channels of a view (``channel_names`` attribute of its maps), else all channels."""
+    names = map_set.attrs.get("channel_names")
+    names = [names] if isinstance(names, str) else list(names or [])
+    found = [channel_names.index(n) for n in names if n in channel_names]
+    return found or list(range(len(channel_names)))
 
 
 def explanation_section(report: ReportContext) -> Markup:
-    """Per view: a gallery of crops with their maps, and the average map per condition."""
+    """Explainer summary; per view a gallery of crops and maps, and aligned average maps."""
     run = report.run
     if not run.map_sets:
         return unavailable("Explanation maps", "maps.zarr")
@@ -48,21 +47,25 @@ def explanation_section(report: ReportContext) -> Markup:
     body: list[Any] = []
     explanation = run.metrics.get("explanation")
     if isinstance(explanation, Mapping) and explanation:
-        body.append(mapping_table(scalars(explanation), "explanation", "value"))
+        body.append(mapping_table(scalars(explanation, skip=("views",)), "explanation", "value"))
+        per_view = records_table({v: scalars(m) for v, m in (explanation.get("views") or {}).items()
+                                  if isinstance(m, Mapping)}, "view")
+        if per_view is not None:
+            body.append(per_view)
     for map_set in run.map_sets:
         rows = map_rows(run, map_set)
-        described = ", ".join(f"{k} {map_set.attrs[k]}" for k in ("explainer", "layer", "target") if k in map_set.attrs)
-        body.append(element("h3", f"View: {map_set.name}" + (f" ({described})" if described else "")))
+        described = ", ".join(f"{k} {map_set.attrs[k]}" for k in ("explainer", "layer", "target")
+                              if map_set.attrs.get(k))
+        body.append(element("h3", f"View: {map_set.view}" + (f" ({described})" if described else "")))
         if rows is None or rows.empty:
             body.append(note("The maps' cell ids do not match cells.parquet."))
             continue
-        channel = _view_channel(map_set, run.crops.channel_names)
-        body.append(_gallery(report, map_set, rows, channel))
-        body.append(_averages(report, map_set, rows))
+        channels = view_channels(map_set, run.crops.channel_names)
+        body += [_gallery(report, map_set, rows, channels), _averages(report, map_set, channels)]
     return join(body)
 
 
-def _gallery(report: ReportContext, map_set: MapSet, rows: Any, channel: int) -> Markup:
+def _gallery(report: ReportContext, map_set: StoredMaps, rows: Any, channels: list[int]) -> Markup:
     run = report.run
     picks = {c: rows[rows["condition"].astype(str) == c].sort_values("cell_id") for c in run.conditions}
     picks = {c: frame.iloc[summaries.spread_indices(len(frame), MAPS_PER_CONDITION)]
@@ -70,39 +73,39 @@ def _gallery(report: ReportContext, map_set: MapSet, rows: Any, channel: int) ->
     if not picks:
         return note("No explained cells.")
     crop_rows = np.concatenate([f["crop_index"].to_numpy() for f in picks.values()])
-    map_rows = np.concatenate([f["map_row"].to_numpy() for f in picks.values()])
-    crops = run.crops.read(crop_rows)[:, channel]
+    crops = run.crops.read(crop_rows)[:, channels]
     masks = run.crops.read_masks(crop_rows)
-    maps = map_set.read(map_rows)
+    maps = map_set.maps[np.concatenate([f["map_row"].to_numpy() for f in picks.values()])]
     if maps.shape[-2:] != crops.shape[-2:]:
         return note(f"Maps ({maps.shape[-1]} px) and crops ({crops.shape[-1]} px) differ in size.")
+    ranges = [fig.display_range(crops[:, c], masks) for c in range(crops.shape[1])]
+    shown = fig.composite(crops, ranges)
     gallery, start = {}, 0
     for condition, frame in picks.items():
         stop = start + len(frame)
-        gallery[condition] = [(crops[i], maps[i], None if masks is None else masks[i]) for i in range(start, stop)]
+        gallery[condition] = [(shown[i], maps[i], None if masks is None else masks[i]) for i in range(start, stop)]
         start = stop
-    range_ = fig.display_range(crops, masks)
-    src = report.figures.save(fig.explanation_gallery(gallery, range_), "gallery", map_set.name)
-    caption = (f"Channel {run.crops.channel_names[channel]} (top) and the explanation map over it "
-               "(bottom) for cells spread over each condition.")
-    return image(src, f"explanation gallery, view {map_set.name}", caption)
+    src = report.figures.save(fig.explanation_gallery(gallery), "gallery", map_set.view)
+    names = [run.crops.channel_names[c] for c in channels]
+    colours = " (red, green, blue)" if len(names) > 1 else ""
+    caption = (f"Crops ({', '.join(names[:3])}{colours}) and their explanation maps over the grey "
+               "crop, for cells spread over each condition.")
+    return image(src, f"explanation gallery, view {map_set.view}", caption)
 
 
-def _averages(report: ReportContext, map_set: MapSet, rows: Any) -> Markup:
-    """Average map per condition; maps are aligned when crops.zarr says the crops were."""
+def _averages(report: ReportContext, map_set: StoredMaps, channels: list[int]) -> Markup:
+    """Aligned average map (and the view's channels) per condition, as the explain stage stored them."""
     run = report.run
-    averages = {}
-    for condition in run.conditions:
-        subset = rows[rows["condition"].astype(str) == condition]
-        if subset.empty:
-            continue
-        maps = map_set.read(subset["map_row"].to_numpy())
-        averages[condition] = (maps.mean(axis=0), len(subset))
+    averages = run.map_averages(map_set.view)
     if not averages:
-        return note("No maps to average.")
-    aligned = str(run.crops.attrs.get("align", "none")).lower() not in {"none", "", "false"}
-    caption = ("Mean map per condition over nuclei aligned to their major axis."
-               if aligned else "Mean map per condition (crops were not aligned; run with "
-               "extract.align = \"major-axis\" for aligned averages).")
-    src = report.figures.save(fig.average_maps(averages), "average-maps", map_set.name)
-    return image(src, f"average maps, view {map_set.name}", caption)
+        return unavailable("Aligned average maps", "the average/ group of maps.zarr")
+    names = [run.crops.channel_names[c] for c in channels]
+    rows = {"map": {c: (a["map"], a["n_cells"]) for c, a in averages.items()}}
+    for index, name in enumerate(names):
+        if all(a["channels"] is not None and len(a["channels"]) == len(names) for a in averages.values()):
+            rows[name] = {c: (a["channels"][index], a["n_cells"]) for c, a in averages.items()}
+    src = report.figures.save(fig.average_maps(rows), "average-maps", map_set.view)
+    return image(src, f"aligned average maps, view {map_set.view}",
+                 "Mean per condition over nuclei rotated to their major axis and scaled to fill the "
+                 "square (the study's Fig. 3): the map, then each channel of the view; one colour "
+                 "scale per row.")

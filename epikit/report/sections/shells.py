@@ -13,7 +13,7 @@ from typing import Any
 from epikit.report import figures as fig
 from epikit.report import summaries
 from epikit.report.html import Markup, element, image, join
-from epikit.report.run_folder import MapSet
+from epikit.explanation import StoredMaps
 from epikit.report.sections.common import ReportContext, unavailable
 from epikit.report.sections.explanation import map_rows
 
@@ -27,7 +27,7 @@ def _shell_columns(columns: list[str], channel: str, statistic: str = "share") -
     return found
 
 
-def _map_shell_shares(report: ReportContext, map_set: MapSet, rows: Any) -> Any | None:
+def _map_shell_shares(report: ReportContext, map_set: StoredMaps, rows: Any) -> Any | None:
     """Per explained cell: each shell's share of the map (the image features' shells)."""
     from epikit.analysis.shells import shell_means, shell_regions, shell_shares
 
@@ -36,7 +36,7 @@ def _map_shell_shares(report: ReportContext, map_set: MapSet, rows: Any) -> Any 
     if masks is None:
         return None
     n_shells = int(run.crops.attrs.get("n_shells", 5))
-    maps = map_set.read(rows["map_row"].to_numpy())
+    maps = map_set.maps[rows["map_row"].to_numpy()]
     shares = shell_shares(shell_means(maps, shell_regions(masks, n_shells), n_shells))
     frame = rows[["image_id", "condition"]].copy()
     for k in range(n_shells):
@@ -73,7 +73,7 @@ def shells_section(report: ReportContext) -> Markup:
                 continue
             shares = _map_shell_shares(report, map_set, rows)
             if shares is not None:
-                map_panels[map_set.name] = summaries.profiles_by_condition(
+                map_panels[map_set.view] = summaries.profiles_by_condition(
                     shares, [c for c in shares.columns if c.startswith("shell_")])
     if map_panels:
         src = report.figures.save(fig.shell_profiles(map_panels, "share of map"), "shells-map")
