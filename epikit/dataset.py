@@ -28,8 +28,9 @@ from torch.utils.data import Dataset
 from epikit.errors import ConfigError, DataError, InputError
 from epikit.extraction import CELLS_NAME, CROPS_NAME
 
-#: Crops read per Zarr request by :meth:`CellDataset.load_crops` (rounded to whole chunks).
-READ_BLOCK_CELLS = 1024
+#: Bytes of stored crops read per Zarr request by :meth:`CellDataset.load_crops`
+#: (rounded down to whole chunks, at least one chunk).
+READ_BLOCK_BYTES = 64 * 1024 * 1024
 
 
 class CellDataset(Dataset):
@@ -130,7 +131,9 @@ class CellDataset(Dataset):
         if not len(wanted):
             return out
         array = self._array()
-        block = max(1, READ_BLOCK_CELLS // array.chunks[0]) * array.chunks[0]
+        chunk = array.chunks[0]
+        chunk_bytes = chunk * int(np.prod(array.shape[1:])) * np.dtype(self.attrs["dtype"]).itemsize
+        block = max(1, READ_BLOCK_BYTES // chunk_bytes) * chunk
         order = np.argsort(wanted, kind="stable")
         sorted_wanted = wanted[order]
         start = 0

@@ -77,7 +77,7 @@ def test_load_crops_in_any_order(run: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for i in (0, 5, len(data) - 1):
         np.testing.assert_array_equal(everything[i], data[i][0].numpy())
     order = np.random.default_rng(0).permutation(len(data))[:9]
-    monkeypatch.setattr("epikit.dataset.READ_BLOCK_CELLS", 4)  # several blocks, one chunk each
+    monkeypatch.setattr("epikit.dataset.READ_BLOCK_BYTES", 1)  # one chunk per request
     np.testing.assert_array_equal(data.load_crops(order), everything[order])
     assert data.load_crops([]).shape == (0, 2, 24, 24)
 
