@@ -261,6 +261,8 @@ def test_diverse_fields_have_exact_labels():
         field = simulate_field(rng, **params)
         assert field.image.shape == (1, 128, 128) and field.image.dtype == np.uint16
         assert set(np.unique(field.labels)) == set(range(field.n_nuclei + 1))
+        for index, box in enumerate(ndi.find_objects(field.labels), start=1):
+            assert ndi.label(field.labels[box] == index)[1] == 1  # one connected region per nucleus
 
 
 # --- errors and the CLI ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import label as connected
 
 from epikit.errors import ConfigError
 from epikit.simulate.effect import EFFECTS, effect_weight
@@ -48,7 +49,10 @@ UINT16_MAX = 65535
 
 @dataclass
 class SimulatedField:
-    """A simulated field: ``image`` uint16 (3, Y, X), ``labels`` int32 (Y, X), and per-nucleus truth.
+    """A simulated field: ``image`` uint16 (C, Y, X), ``labels`` int32 (Y, X), and per-nucleus truth.
+
+    ``channel_names`` name the image's channels (all three, Hoechst, CTCF, H3K27ac, unless
+    ``simulate_field`` was asked for fewer). Each label is one 4-connected region.
 
     Nucleus ``k`` (0-based) has label ``k + 1``; ``centres`` (n, 2) are (y, x) in pixels,
     ``radii`` the equivalent radius ``sqrt(a*b)`` of its ellipse, ``semi_axes`` (n, 2) = (a, b),
@@ -198,23 +202,40 @@ def _camera_counts(rng: np.random.Generator, expected: np.ndarray, read_noise: f
     return counts
 
 
-def ground_truth(owner: np.ndarray, psf_sigma: float) -> np.ndarray:
+def ground_truth(owner: np.ndarray, centres: np.ndarray, psf_sigma: float) -> np.ndarray:
     """Labels of the blurred nuclei: each nucleus's footprint above half of its own peak.
 
     The union of outlines is blurred with the PSF; a pixel belongs to its nearest nucleus when
-    the blurred footprint there reaches half that nucleus's maximum (full width at half
-    maximum: a small nucleus under strong blur never reaches the plateau of a large one).
+    the blurred footprint there reaches half that nucleus's maximum, taken at its centre (full
+    width at half maximum: a small nucleus under strong blur never reaches the plateau of a
+    large one). ``centres`` (n, 2) are the (y, x) centres of the nuclei owning labels 1..n.
     """
-    count = int(owner.max())
-    if psf_sigma == 0 or count == 0:
+    if psf_sigma == 0 or not len(centres):
         return owner.astype(np.int32)
     inside = owner > 0
     footprint = ndi.gaussian_filter(inside.astype(np.float32), psf_sigma, mode="nearest")
-    peak = ndi.maximum(footprint, owner, index=np.arange(1, count + 1))
-    half = np.concatenate([[np.inf], 0.5 * np.asarray(peak)]).astype(np.float32)
+    cy = np.clip(np.rint(centres[:, 0]).astype(np.int64), 0, owner.shape[0] - 1)
+    cx = np.clip(np.rint(centres[:, 1]).astype(np.int64), 0, owner.shape[1] - 1)
+    half = np.concatenate([[np.inf], 0.5 * footprint[cy, cx]]).astype(np.float32)
     _, (iy, ix) = ndi.distance_transform_edt(~inside, return_indices=True)
     nearest = owner[iy, ix]
     return np.where(footprint >= half[nearest], nearest, 0).astype(np.int32)
+
+
+def _keep_largest_piece(labels: np.ndarray) -> np.ndarray:
+    """Drop all but the largest 4-connected piece of each label (rare slivers cut off by a neighbour)."""
+    pieces, count = connected(labels, background=0, connectivity=1, return_num=True)
+    if count == len(np.unique(labels)) - 1:
+        return labels
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+    owner_of_piece = np.zeros(count + 1, dtype=np.int64)
+    owner_of_piece[pieces.ravel()] = labels.ravel()
+    order = np.lexsort((-sizes[1:], owner_of_piece[1:]))  # by label, largest piece first
+    keep = np.zeros(count + 1, dtype=bool)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = owner_of_piece[1:][order][1:] != owner_of_piece[1:][order][:-1]
+    keep[1 + order[first]] = True
+    return np.where(keep[pieces], labels, 0).astype(np.int32)
 
 
 def _compact(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -386,14 +407,15 @@ def simulate_field(
     counts = _camera_counts(rng, expected, read_noise) if noise else expected
     image = np.clip(np.rint(CAMERA_OFFSET + gain * counts), 0, UINT16_MAX).astype(np.uint16)
 
-    labels, survivors = _compact(ground_truth(owner, psf_sigma), n)
+    centres = np.stack([nuclei.centre_y, nuclei.centre_x], axis=1)
+    labels, survivors = _compact(_keep_largest_piece(ground_truth(owner, centres, psf_sigma)), n)
     kept = nuclei.subset(survivors)
     return SimulatedField(
         image=image,
         labels=labels,
         condition=condition,
         affected=affected,
-        centres=np.stack([kept.centre_y, kept.centre_x], axis=1),
+        centres=centres[survivors],
         radii=kept.radius,
         semi_axes=np.stack([kept.semi_major, kept.semi_minor], axis=1),
         angles=kept.angle,

@@ -171,6 +171,7 @@ def rasterise(nuclei: Nuclei, size: tuple[int, int]) -> tuple[np.ndarray, np.nda
     owner = np.zeros(size, dtype=np.int32)
     rho = np.ones(size, dtype=np.float32)
     extent = nuclei.semi_major * (1.0 + np.sum(nuclei.coef, axis=1)) + 1.0
+    weights = (nuclei.coef * np.exp(1j * nuclei.phase)).astype(np.complex64)
     for i in range(len(nuclei)):
         cy, cx, e = nuclei.centre_y[i], nuclei.centre_x[i], extent[i]
         y0, y1 = max(int(cy - e), 0), min(int(cy + e) + 2, height)
@@ -182,12 +183,15 @@ def rasterise(nuclei: Nuclei, size: tuple[int, int]) -> tuple[np.ndarray, np.nda
         cos, sin = math.cos(nuclei.angle[i]), math.sin(nuclei.angle[i])
         u = (dx * cos + dy * sin) / nuclei.semi_major[i]
         v = (dy * cos - dx * sin) / nuclei.semi_minor[i]
-        phi = np.arctan2(v, u)
-        outline = 1.0 + np.sum(
-            nuclei.coef[i][:, None, None] * np.cos(HARMONICS[:, None, None] * phi + nuclei.phase[i][:, None, None]),
-            axis=0,
-        )
-        own_rho = (np.hypot(u, v) / outline).astype(np.float32)
+        radius = np.hypot(u, v)
+        # R(phi) = 1 + Re(sum_k c_k e^{i psi_k} e^{i k phi}), with e^{i phi} = (u + iv) / r.
+        turn = (u + 1j * v) / np.maximum(radius, 1e-6)
+        power = turn ** int(HARMONICS[0])
+        wave = np.zeros(turn.shape, dtype=turn.dtype)
+        for weight in weights[i]:
+            wave += weight * power
+            power *= turn
+        own_rho = radius / (1.0 + wave.real)
         box_rho = rho[y0:y1, x0:x1]
         take = own_rho < box_rho
         box_rho[take] = own_rho[take]
