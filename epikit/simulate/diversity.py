@@ -72,4 +72,5 @@ def sample_diverse_field_params(
         "dome": float(rng.uniform(0.0, 0.4)),
         "rim": float(rng.uniform(0.0, 0.6)),
         "texture": float(rng.uniform(0.3, 2.0)),
+        "haze": 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 0.5)),
     }
