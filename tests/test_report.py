@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -91,7 +92,35 @@ def _write_maps(run: Path, explained: pd.DataFrame, crops: np.ndarray, masks: np
     write_maps(run / "maps.zarr", results, averages)
 
 
-def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -> Path:
+def _biomarkers_and_trust(run: Path, conditions: tuple[str, ...]) -> None:
+    """biomarkers.csv, findings and profiles from the real biomarker stage; trust checks from
+    hand-made check results passed through the trust module's own summaries (the checks
+    themselves retrain models, too slow for this fixture). The mask-edge control reproduces
+    the rim difference, so rim map findings carry the edge-artefact flag."""
+    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.analysis.trust import attach_trust, summarise_curves, summarise_sanity
+    from epikit.io import read_json, update_metrics
+
+    biomarker_run(run, trust=False)
+    steps = np.linspace(1, 0, 9)[None]
+    curves = {"deletion": steps ** 2 + np.zeros((4, 1)), "insertion": 1 - steps ** 2 + np.zeros((4, 1)),
+              "random_deletion": steps + np.zeros((4, 1)), "random_insertion": 1 - steps + np.zeros((4, 1))}
+    rows = [{"region": region, "condition": conditions[1], "reference": conditions[0],
+             "effect": 0.02 if region == "shell_1" else -0.001, "cliffs_delta": 0.5,
+             "p_value": 0.01 if region == "shell_1" else 0.6, "q_value": 0.05, "n_condition": 6,
+             "n_reference": 6} for region in ("shell_1", "shell_5", "rim_vs_centre")]
+    checks = {"view": "all", "alpha": 0.05,
+              "channel_attribution": {c: {ch: 0.1 * (i + 1) for i, ch in enumerate(CHANNELS)} for c in conditions},
+              "faithfulness": {"scorecam": summarise_curves(curves)},
+              "sanity": {**summarise_sanity(np.array([0.1, 0.2, 0.15])), "explainer": "scorecam"},
+              "mask_control": {"accuracy": 0.6, "explainer": "scorecam", "n_cells": 20, "rows": rows}}
+    findings = read_json(run / "metrics.json")["findings"]
+    update_metrics(run, "findings", attach_trust(findings, checks))
+    update_metrics(run, "channel_attribution", checks["channel_attribution"])
+    update_metrics(run, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
+
+
+def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 6) -> Path:
     """A small run folder holding every artefact of the contract, written with numpy/pandas/zarr.
 
     Images, masks and crops carry a rim-enriched third channel in the second condition, so
@@ -162,18 +191,6 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
     _write_maps(run, cells[cells["correct"]], np.asarray(crops, np.float32), np.asarray(crop_masks),
                 conditions)
 
-    biomarkers = pd.DataFrame([
-        {"source": source, "explainer": "scorecam" if source == "map" else "", "channel": channel,
-         "region": region, "condition": conditions[1], "reference": conditions[0],
-         "mean_condition": 0.3, "mean_reference": 0.2, "effect": 0.1, "cliffs_delta": 0.8,
-         "p_value": p, "q_value": min(1.0, p * 12), "unit": "image", "n_condition": fields,
-         "n_reference": fields}
-        for (source, channel, region), p in zip(
-            [(s, ch, r) for s in ("image", "map") for ch in ("H3K27ac", HOSTILE_CHANNEL)
-             for r in ("shell_1", "rim_vs_centre", "shell_5")],
-            np.linspace(0.0001, 0.9, 12))])
-    biomarkers.to_csv(run / "biomarkers.csv", index=False)
-
     (run / "model").mkdir()
     history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.5 / e, "lr": 1e-3,
                 "val_loss": 1.2 / e, "val_accuracy": 1 - 0.6 / e, "val_balanced_accuracy": None}
@@ -196,12 +213,10 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
                            "warnings": [f"condition is confounded with 'plate' ({HOSTILE})"],
                            "views": {"all": {**scores, "channels": list(CHANNELS)},
                                      HOSTILE_CHANNEL: {**scores, "channels": [HOSTILE_CHANNEL]}}},
-        "explanation": {"explainer": "scorecam", "n_cells": int(cells["correct"].sum()),
-                        "sanity": {"rank_correlation": 0.12, "passed": True}},
-        "findings": [{"text": f"map attention in shell_1 (rim) higher in {HOSTILE}, q=0.0012",
-                      "q_value": 0.0012, "edge_artefact": False}],
-        "channel_attribution": {c: {ch: 0.1 * (i + 1) for i, ch in enumerate(CHANNELS)} for c in conditions},
+        "explanation": {"explainer": "scorecam", "layer": "layer2", "n_cells": int(cells["correct"].sum()),
+                        "views": {"all": {"n_cells": int(cells["correct"].sum())}}},
     })
+    _biomarkers_and_trust(run, conditions)
     write_json(run / "manifest.json", {
         "epikit": "0.1.0", "python": "3.11", "seed": 0, "device": "cpu",
         "plugins": [{"kind": "segmenter", "name": "watershed", "plugin": "epikit", "version": "0.1.0"}],
@@ -217,13 +232,14 @@ def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 3) -
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
     """A run folder made by the real stages: simulate -> ground-truth masks -> extract -> train
-    -> explain.
+    -> explain -> biomarkers.
 
     The treated condition's folders are renamed to a hostile name before discovery, so the
     name travels through every stage into the report.
     """
     import warnings
 
+    from epikit.analysis.biomarkers import biomarker_run
     from epikit.explanation import explain_run
     from epikit.extraction import extract_cells
     from epikit.io import find_images
@@ -243,6 +259,7 @@ def real_run(tmp_path_factory) -> Path:
         extract_cells(records, run / "masks", run, crop_size=32)
         train_run(run, "cnn", folds=2, epochs=2, batch_size=16, progress=False)
         explain_run(run, "gradcam", cells="all", max_cells=6, progress=False)
+        biomarker_run(run, trust=False)  # the trust checks retrain models: covered with full_run
     build_report(run, strict=True)
     return run
 
@@ -257,8 +274,8 @@ def test_report_from_real_stages(real_run):
                    "average-maps", "shells-image", "shells-map"):
         assert f"figures/{figure}-" in names, figure
     for section in ("Counts per image", "Example crops", "Classification", "Training curves",
-                    "ROC curve", "Explanation maps", "Aligned average maps", "Image shell profiles",
-                    "Map shell profiles"):
+                    "ROC curve", "Explanation maps", "Aligned average maps", "Shell profiles",
+                    "Biomarker table"):
         assert f"{section} not available" not in visible, section
     assert HOSTILE_CONDITION in visible
     assert HOSTILE_CONDITION not in (real_run / "report.html").read_text(encoding="utf-8")
@@ -304,7 +321,9 @@ def test_report_shows_warnings_and_findings(full_run):
     assert "2 nuclei were clipped" in visible
     assert "1 label image(s) hold no nucleus (ctrl/field_9)" in visible
     assert f"condition is confounded with 'plate' ({HOSTILE})" in visible
-    assert "map attention in shell_1 (rim) higher in" in visible
+    findings = json.loads((full_run / "metrics.json").read_text())["findings"]
+    assert findings and findings[0]["text"] in visible
+    assert "possible edge artefact" in visible
     assert "not available" not in visible
 
 
@@ -314,13 +333,13 @@ def test_missing_artefacts_give_notes(tmp_path):
     report = build_report(run, strict=True)
     visible = "".join(_parse(report).text)
     for what in ("Inputs and parameters", "Counts per image", "Example crops", "Classification",
-                 "Explanation maps", "Image shell profiles", "Findings", "Biomarker table"):
+                 "Explanation maps", "Shell profiles", "Findings", "Biomarker table"):
         assert f"{what} not available" in visible, what
     assert _parse(report).images == []
 
 
 def test_partial_run_folder_renders_what_is_there(tmp_path):
-    run = make_run_folder(tmp_path)
+    run = make_run_folder(tmp_path, fields=2)
     shutil.rmtree(run / "maps.zarr")
     (run / "biomarkers.csv").unlink()
     (run / "model" / "training.json").unlink()

@@ -367,3 +367,25 @@ def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.grid(axis="y", alpha=0.3)
     return figure
+
+
+def faithfulness_plot(curves: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Deletion and insertion curves per explainer (solid) against a random order (dashed)."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(7.6, 2.9), sharey=True)
+    for index, (method, values) in enumerate(curves.items()):
+        fractions = np.asarray(values["fractions"], dtype=float)
+        colour = PALETTE[index % len(PALETTE)]
+        for axis, kind in zip(axes, ("deletion", "insertion")):
+            if f"{kind}_curve" in values:
+                axis.plot(fractions, values[f"{kind}_curve"], color=colour, lw=1.6, label=short(method))
+            if f"random_{kind}_curve" in values:
+                axis.plot(fractions, values[f"random_{kind}_curve"], "--", color=colour, lw=1.0)
+    for axis, kind in zip(axes, ("deletion", "insertion")):
+        axis.set_title(kind, fontsize=10)
+        axis.set_xlabel(f"fraction of nucleus pixels {'removed' if kind == 'deletion' else 'added'}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("target probability")
+    axes[1].legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure

@@ -1,4 +1,4 @@
-"""Numbers behind the report's figures: ROC points, confusion counts, shell profiles.
+"""Numbers behind the report's figures: ROC points, confusion counts, example picks.
 
 Small numpy reductions of run-folder tables; plotting lives in
 :mod:`epikit.report.figures`.
@@ -6,7 +6,6 @@ Small numpy reductions of run-folder tables; plotting lives in
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,30 +41,6 @@ def confusion_counts(true: Sequence[Any], predicted: Sequence[Any], classes: Seq
         if str(t) in index and str(p) in index:
             matrix[index[str(t)], index[str(p)]] += 1
     return matrix
-
-
-def profiles_by_condition(frame: Any, columns: Sequence[str], image_column: str = "image_id",
-                          condition_column: str = "condition") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """Per condition: image-level mean profile over ``columns`` with its bootstrap band.
-
-    Cells are first averaged within their image, then images are resampled
-    (:func:`epikit.analysis.stats.bootstrap_mean_ci`).
-    """
-    from epikit.analysis.stats import bootstrap_mean_ci
-
-    profiles = {}
-    data = frame[[image_column, condition_column, *columns]].dropna(subset=[image_column, condition_column])
-    per_image = data.groupby([condition_column, image_column], sort=True)[list(columns)].mean()
-    for condition in sorted(per_image.index.get_level_values(0).unique(), key=str):
-        values = per_image.loc[condition].to_numpy()
-        values = values[~np.isnan(values).all(axis=1)]  # images without any defined value
-        if not len(values):
-            continue
-        with warnings.catch_warnings():  # a shell empty in every resampled image stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean, low, high = bootstrap_mean_ci(values)
-        profiles[str(condition)] = (mean, low, high, int(values.shape[0]))
-    return profiles
 
 
 def spread_indices(count: int, wanted: int) -> list[int]:

@@ -1,4 +1,10 @@
-"""Findings section: findings with their trust checks, channel attribution, biomarker table."""
+"""Findings section: ranked findings with their trust checks, the checks, the biomarker table.
+
+Reads what :mod:`epikit.analysis.biomarkers` and :mod:`epikit.analysis.trust` write:
+``metrics.json`` keys ``biomarkers`` (summary), ``findings`` (ranked image-level rows, each
+with ``trust``), ``channel_attribution`` and ``trust`` (faithfulness, sanity, mask-edge
+control), and ``biomarkers.csv``.
+"""
 
 from __future__ import annotations
 
@@ -16,83 +22,135 @@ from epikit.report.sections.common import (
     ReportContext,
     finding_text,
     findings,
+    is_number,
     records_table,
     scalars,
     unavailable,
 )
 
-#: Biomarker rows shown before the "more rows" fold-out.
+#: Biomarker rows and findings shown before their "more" fold-outs.
 BIOMARKER_ROWS = 25
+FINDINGS_SHOWN = 3
+#: Finding fields shown in its detail table (the sentence already holds the rest).
+FINDING_DETAILS = ("localisation", "source", "explainer", "channel", "region", "effect", "cliffs_delta",
+                   "p_value", "q_value", "n_condition", "n_reference")
+
+
+def _trust_rows(trust: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per trust check of a finding: check, result, numbers."""
+    rows: list[list[Any]] = []
+    if trust.get("top_channel") is not None:
+        attribution = trust.get("channel_attribution") or {}
+        numbers = ", ".join(f"{k} {v:.3f}" for k, v in attribution.items() if is_number(v))
+        rows.append(["channel attribution", f"decision rests most on {trust['top_channel']}", numbers])
+    control = trust.get("mask_control")
+    if isinstance(control, Mapping):
+        same = control.get("shows_same_difference")
+        rows.append(["mask-edge control",
+                     "the mask-only model shows the same difference (possible edge artefact)" if same
+                     else "the mask-only model does not show it",
+                     f"effect {control.get('effect', math.nan):+.3f}, p {control.get('p_value', math.nan):.2g}"])
+    faithful = trust.get("faithfulness")
+    if isinstance(faithful, Mapping):
+        rows.append(["faithfulness", "better than a random pixel order" if faithful.get("better_than_random")
+                     else "not better than a random pixel order",
+                     f"deletion AUC {faithful.get('deletion_auc', math.nan):.3f} "
+                     f"(random {faithful.get('random_deletion_auc', math.nan):.3f}), insertion AUC "
+                     f"{faithful.get('insertion_auc', math.nan):.3f} "
+                     f"(random {faithful.get('random_insertion_auc', math.nan):.3f})"])
+    sanity = trust.get("sanity")
+    if isinstance(sanity, Mapping):
+        rows.append(["randomisation sanity", "maps change when the weights are randomised"
+                     if sanity.get("differs") else "maps barely change when the weights are randomised",
+                     f"rank correlation {sanity.get('rank_correlation', math.nan):.3f}"])
+    return rows
 
 
 def _finding_block(finding: Any) -> Markup:
     text = finding_text(finding)
-    details: list[Any] = []
-    flagged = False
-    if isinstance(finding, Mapping):
-        rest = {k: v for k, v in finding.items() if not (isinstance(v, str) and v == text)}
-        flat = scalars(rest)
-        flagged = any(("artefact" in k or "artifact" in k or "flag" in k) and v is True for k, v in flat.items())
-        if flat:
-            details.append(mapping_table(flat, "detail", "value"))
-    return element("div", element("b", text), *details, class_="finding flagged" if flagged else "finding")
+    if not isinstance(finding, Mapping):
+        return element("div", element("b", text), class_="finding")
+    rank = finding.get("rank")
+    parts: list[Any] = [element("b", f"{rank}. {text}" if rank is not None else text)]
+    details = {k: finding[k] for k in FINDING_DETAILS if k in finding}
+    if details:
+        parts.append(element("details", element("summary", "details"), mapping_table(details, "field", "value", 4)))
+    trust = finding.get("trust")
+    flags = [str(f) for f in (trust.get("flags") or [])] if isinstance(trust, Mapping) else []
+    if flags:
+        parts.append(paragraph(element("b", "Flags: "), "; ".join(flags)))
+    if isinstance(trust, Mapping):
+        rows = _trust_rows(trust)
+        if rows:
+            parts.append(table(["check", "result", "numbers"], rows))
+    return element("div", *parts, class_="finding flagged" if flags else "finding")
 
 
-def _trust(run: RunFolder) -> list[tuple[str, Any]]:
-    """Trust-check blocks found in metrics.json (top-level or under explanation/biomarkers)."""
-    found = []
-    for scope in (run.metrics, run.metrics.get("explanation") or {}, run.metrics.get("biomarkers") or {}):
-        if not isinstance(scope, Mapping):
-            continue
-        for key, value in scope.items():
-            if any(word in key for word in ("trust", "sanity", "faithful", "control", "edge")) and value:
-                found.append((key, value))
-    return found
-
-
-def _nested(value: Any) -> Markup:
-    """A nested JSON value as tables (dicts of scalars) or text."""
-    records = records_table(value)
-    if records is not None:
-        return records
-    if isinstance(value, Mapping):
-        flat = scalars(value)
-        rest = {k: v for k, v in value.items() if k not in flat and not any(s.startswith(f"{k}.") for s in flat)}
-        return join([mapping_table(flat, "item", "value") if flat else "",
-                     *(join([element("h4", k), _nested(v)]) for k, v in rest.items())])
-    return paragraph(str(value))
-
-
-def biomarkers_section(report: ReportContext) -> Markup:
-    """Findings with their trust checks, channel attribution and the biomarker table."""
-    run = report.run
-    body: list[Any] = [element("h3", "Findings")]
+def _findings(run: RunFolder) -> list[Any]:
     found = findings(run)
-    body += [_finding_block(f) for f in found] if found else [
-        unavailable("Findings", "metrics.json['findings']")]
-    trust = _trust(run)
-    body.append(element("h3", "Trust checks"))
-    if trust:
-        for key, value in trust:
-            body += [element("h4", key.replace("_", " ")), _nested(value)]
-    else:
-        body.append(unavailable("Trust checks", "the trust-check entries of metrics.json"))
-    attribution = run.metrics.get("channel_attribution")
-    body.append(element("h3", "Channel attribution"))
-    if isinstance(attribution, Mapping) and attribution and all(isinstance(v, Mapping) for v in attribution.values()):
-        numeric = {str(c): {str(ch): float(v) for ch, v in values.items() if isinstance(v, (int, float))}
-                   for c, values in attribution.items()}
-        numeric = {c: v for c, v in numeric.items() if v}
-        if numeric:
-            channels = sorted({ch for values in numeric.values() for ch in values})
-            body += [table(["condition", *channels], ([c, *(v.get(ch) for ch in channels)] for c, v in numeric.items())),
-                     image(report.figures.save(fig.attribution_plot(numeric), "attribution"),
-                           "channel attribution", "Drop in the target-class probability when one channel is "
-                           "occluded (set to its mean inside the nucleus).")]
-    else:
-        body.append(unavailable("Channel attribution", "metrics.json['channel_attribution']"))
-    body += [element("h3", "Biomarker table"), _biomarker_table(run)]
-    return join(body)
+    summary = run.metrics.get("biomarkers")
+    if found:
+        blocks = [_finding_block(f) for f in found]
+        if len(blocks) <= FINDINGS_SHOWN:
+            return blocks
+        rest = element("details", element("summary", f"{len(blocks) - FINDINGS_SHOWN} more findings"),
+                       *blocks[FINDINGS_SHOWN:])
+        return [*blocks[:FINDINGS_SHOWN], rest]
+    if isinstance(summary, Mapping):
+        alpha = summary.get("alpha", SIGNIFICANCE)
+        return [note(f"No image-level biomarker passes q < {alpha}: no finding.")]
+    return [unavailable("Findings", "metrics.json['findings'] (the biomarkers stage)")]
+
+
+def _attribution(report: ReportContext) -> list[Any]:
+    attribution = report.run.metrics.get("channel_attribution")
+    if not isinstance(attribution, Mapping) or not attribution:
+        return [unavailable("Channel attribution", "metrics.json['channel_attribution']")]
+    numeric = {str(c): {str(ch): float(v) for ch, v in values.items() if is_number(v)}
+               for c, values in attribution.items() if isinstance(values, Mapping)}
+    numeric = {c: v for c, v in numeric.items() if v}
+    if not numeric:
+        return [note("Channel attribution holds no numbers.")]
+    channels = sorted({ch for values in numeric.values() for ch in values})
+    src = report.figures.save(fig.attribution_plot(numeric), "attribution")
+    return [table(["condition", *channels], ([c, *(v.get(ch) for ch in channels)] for c, v in numeric.items())),
+            image(src, "channel attribution", "Mean drop in the target-class probability when one channel "
+                  "is occluded (set to its mean inside the nucleus): which marker the decision rests on.")]
+
+
+def _trust_checks(report: ReportContext) -> list[Any]:
+    trust = report.run.metrics.get("trust")
+    if not isinstance(trust, Mapping) or not trust:
+        return [unavailable("Trust checks", "metrics.json['trust']")]
+    body: list[Any] = []
+    if trust.get("view"):
+        body.append(paragraph(f"Checked on the maps of view {trust['view']}."))
+    faithfulness = trust.get("faithfulness")
+    if isinstance(faithfulness, Mapping) and faithfulness:
+        keys = ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
+                "better_than_random", "n_cells")
+        body += [element("h4", "Faithfulness (deletion / insertion)"),
+                 table(["explainer", *keys], ([m, *(v.get(k) for k in keys)] for m, v in faithfulness.items()
+                                              if isinstance(v, Mapping)))]
+        curves = {m: v for m, v in faithfulness.items()
+                  if isinstance(v, Mapping) and isinstance(v.get("fractions"), list)}
+        if curves:
+            src = report.figures.save(fig.faithfulness_plot(curves), "faithfulness")
+            body.append(image(src, "deletion and insertion curves",
+                              "Target probability as nucleus pixels are removed (deletion: lower is more "
+                              "faithful) or added back (insertion: higher is better) in map order; dashed: "
+                              "a random order."))
+    sanity = trust.get("sanity")
+    if isinstance(sanity, Mapping):
+        body += [element("h4", "Model-randomisation sanity check"), mapping_table(scalars(sanity), "item", "value")]
+    control = trust.get("mask_control")
+    if isinstance(control, Mapping):
+        body += [element("h4", "Mask-edge control (classifier trained on nucleus masks only)"),
+                 mapping_table(scalars(control, skip=("rows",)), "item", "value")]
+        rows = records_table(control.get("rows"))
+        if rows is not None:
+            body.append(rows)
+    return body
 
 
 def _biomarker_table(run: RunFolder) -> Markup:
@@ -101,22 +159,51 @@ def _biomarker_table(run: RunFolder) -> Markup:
         return unavailable("Biomarker table", "biomarkers.csv")
     if frame.empty:
         return note("biomarkers.csv has no rows.")
+    alpha = (run.metrics.get("biomarkers") or {}).get("alpha", SIGNIFICANCE)
+    units = frame["unit"].astype(str) if "unit" in frame else None
+    image_rows = frame if units is None else frame[units == "image"]
+    cell_rows = frame.iloc[0:0] if units is None else frame[units != "image"]
+    parts = [paragraph(f"{len(image_rows)} image-level rows (the field is the unit), sorted by q-value; "
+                       f"{int((image_rows.get('q_value', np.array([])) < alpha).sum())} with q < {alpha} "
+                       "(highlighted). q-values: Benjamini-Hochberg within each unit.")]
+    parts += _rows_table(image_rows, alpha)
+    if len(cell_rows):
+        parts.append(element("details", element("summary", f"{len(cell_rows)} cell-level rows (for comparison "
+                                                "only: cells of one field are not independent)"),
+                             *_rows_table(cell_rows, alpha)))
+    return join(parts)
+
+
+def _rows_table(frame: Any, alpha: float) -> list[Markup]:
     sort_by = [c for c in ("q_value", "p_value") if c in frame]
     if sort_by:
         frame = frame.sort_values(sort_by, na_position="last", kind="mergesort")
     columns = list(frame.columns)
-    significant = (frame["q_value"] < SIGNIFICANCE).to_numpy() if "q_value" in frame else np.zeros(len(frame), bool)
+    significant = (frame["q_value"] < alpha).to_numpy() if "q_value" in frame else np.zeros(len(frame), bool)
 
     def render(part: Any, flags: np.ndarray) -> Markup:
         rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row]
                 for row in part.itertuples(index=False)]
         return table(columns, rows, row_classes=["significant" if f else None for f in flags], digits=4)
 
-    summary = paragraph(f"{len(frame)} rows, sorted by q-value; {int(significant.sum())} with "
-                        f"q < {SIGNIFICANCE} (highlighted). Benjamini-Hochberg q-values; the unit column "
-                        "says whether images or cells were compared.")
-    head = render(frame.iloc[:BIOMARKER_ROWS], significant[:BIOMARKER_ROWS])
-    if len(frame) <= BIOMARKER_ROWS:
-        return join([summary, head])
-    rest = render(frame.iloc[BIOMARKER_ROWS:], significant[BIOMARKER_ROWS:])
-    return join([summary, head, element("details", element("summary", f"{len(frame) - BIOMARKER_ROWS} more rows"), rest)])
+    shown = [render(frame.iloc[:BIOMARKER_ROWS], significant[:BIOMARKER_ROWS])]
+    if len(frame) > BIOMARKER_ROWS:
+        shown.append(element("details", element("summary", f"{len(frame) - BIOMARKER_ROWS} more rows"),
+                             render(frame.iloc[BIOMARKER_ROWS:], significant[BIOMARKER_ROWS:])))
+    return shown
+
+
+def biomarkers_section(report: ReportContext) -> Markup:
+    """Findings with their trust checks, channel attribution, the checks, the biomarker table."""
+    run = report.run
+    body: list[Any] = []
+    summary = run.metrics.get("biomarkers")
+    if isinstance(summary, Mapping):
+        facts = {k: summary[k] for k in ("reference", "alpha", "image_test", "shell_method", "n_shells",
+                                          "n_significant_image_level", "n_significant_cell_level") if k in summary}
+        body.append(mapping_table(facts, "biomarker analysis", "value"))
+    body += [element("h3", "Findings"), *_findings(run)]
+    body += [element("h3", "Channel attribution"), *_attribution(report)]
+    body += [element("h3", "Trust checks"), *_trust_checks(report)]
+    body += [element("h3", "Biomarker table"), _biomarker_table(run)]
+    return join(body)
