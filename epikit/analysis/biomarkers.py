@@ -1,0 +1,309 @@
+"""Biomarker discovery: shell statistics of maps and images, tested at the image level.
+
+For every explained cell the explanation map's mean in each of the concentric shells
+(:mod:`epikit.analysis.shells`, on the crop's nucleus mask) is turned into each shell's share
+of the summed shell means (the study's "distribution"); the same shares are taken for every
+image channel (the ``<channel>_shell_<k>_share`` features of ``cells.parquet``, measured on
+the raw image; computed on the crops when absent). Shares are independent of overall
+brightness, so they capture *where* in the nucleus attention or signal sits. Regions:
+``shell_1`` (rim) ... ``shell_<n>`` (centre), each as its share, and ``rim_vs_centre``
+= share of shell 1 minus share of shell n.
+
+Each quantity is compared between every condition and the reference with
+:func:`epikit.analysis.stats.compare_conditions`: image level (per-image means; the
+statistical unit of the design) and cell level (for comparison), Benjamini-Hochberg q-values
+within each unit. ``biomarkers.csv`` holds one row per source x explainer x channel x region
+x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
+bootstrap bands over images), ``findings`` (image-level rows with q < alpha, ranked, each
+with its trust checks), ``channel_attribution`` and ``trust``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from epikit.analysis.shells import shell_means, shell_regions, shell_shares
+from epikit.analysis.stats import bootstrap_mean_ci, choose_reference, compare_conditions
+from epikit.errors import ConfigError, DataError
+
+KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
+COLUMNS: tuple[str, ...] = (
+    "source", "explainer", "channel", "region", "statistic", "condition", "reference",
+    "mean_condition", "mean_reference", "effect", "cliffs_delta", "p_value", "q_value", "unit",
+    "test", "n_condition", "n_reference", "min_p",
+)
+RIM_VS_CENTRE = "rim_vs_centre"
+SHELL_COLUMN_PREFIX = {"scaled": "shell", "distance": "dshell"}
+
+
+def region_names(n_shells: int) -> list[str]:
+    """``shell_1`` ... ``shell_<n>`` and ``rim_vs_centre``."""
+    return [f"shell_{k}" for k in range(1, n_shells + 1)] + [RIM_VS_CENTRE]
+
+
+def region_label(region: str, n_shells: int) -> str:
+    """Readable region name: ``shell_1 (rim)``, ``shell_5 (centre)``, ``rim vs centre``."""
+    if region == RIM_VS_CENTRE:
+        return "rim vs centre"
+    if region == "shell_1":
+        return "shell_1 (rim)"
+    if region == f"shell_{n_shells}":
+        return f"shell_{n_shells} (centre)"
+    return region
+
+
+def localisation(region: str, effect: float, n_shells: int) -> str:
+    """Where a difference puts the condition's signal: rim-enriched, centre-enriched or mid."""
+    if region == RIM_VS_CENTRE:
+        outer = True
+    else:
+        k = int(region.split("_")[1])
+        if 2 * k == n_shells + 1:
+            return "mid"
+        outer = 2 * k < n_shells + 1
+    return "rim-enriched" if (effect > 0) == outer else "centre-enriched"
+
+
+def region_values(shares: np.ndarray) -> dict[str, np.ndarray]:
+    """Per region the values (...,) from shell shares (..., n_shells)."""
+    n_shells = shares.shape[-1]
+    values = {f"shell_{k + 1}": shares[..., k] for k in range(n_shells)}
+    values[RIM_VS_CENTRE] = shares[..., 0] - shares[..., -1]
+    return values
+
+
+def map_shell_shares(maps: np.ndarray, masks: np.ndarray, n_shells: int = 5, method: str = "scaled") -> np.ndarray:
+    """Shell shares (N, n_shells) of maps (N, S, S) inside their nucleus masks (N, S, S)."""
+    regions = shell_regions(np.asarray(masks) > 0, n_shells, method)
+    return shell_shares(shell_means(maps, regions, n_shells))
+
+
+def _long(cells: pd.DataFrame, shares: np.ndarray, source: str, explainer: str, channel: str) -> pd.DataFrame:
+    """Long-format rows (one per cell and region) of one source/channel's shares (N, n)."""
+    frames = []
+    for region, values in region_values(shares).items():
+        frames.append(pd.DataFrame({
+            "cell_id": cells["cell_id"].to_numpy(), "image_id": cells["image_id"].to_numpy(),
+            "condition": cells["condition"].astype(str).to_numpy(), "source": source,
+            "explainer": explainer, "channel": channel, "region": region, "value": values,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def image_shares(
+    table: pd.DataFrame, channels: Sequence[str], n_shells: int, method: str = "scaled",
+    crops: Any = None, masks: Any = None,
+) -> dict[str, np.ndarray]:
+    """Per channel the shell shares (N, n_shells) of the cells in ``table``.
+
+    Read from the ``<channel>_<shell|dshell>_<k>_share`` feature columns when present (raw
+    image, full resolution); otherwise computed on ``crops`` (N, C, S, S) with ``masks``.
+    """
+    prefix = SHELL_COLUMN_PREFIX[method]
+    out: dict[str, np.ndarray] = {}
+    computed: np.ndarray | None = None
+    for c, channel in enumerate(channels):
+        columns = [f"{channel}_{prefix}_{k}_share" for k in range(1, n_shells + 1)]
+        if all(column in table.columns for column in columns):
+            out[channel] = table[columns].to_numpy(dtype=np.float64)
+            continue
+        if crops is None or masks is None:
+            raise DataError(f"cells.parquet lacks {columns[0]} and no crops were given to compute it")
+        if computed is None:
+            regions = shell_regions(np.asarray(masks) > 0, n_shells, method)
+            computed = shell_shares(shell_means(np.asarray(crops), regions[:, None], n_shells))
+        out[channel] = computed[:, c]
+    return out
+
+
+def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test: str = "permutation",
+                    seed: int = 0) -> pd.DataFrame:
+    """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`)."""
+    table = compare_conditions(long, keys=list(KEYS), reference=reference, image_test=image_test, seed=seed)
+    table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
+    order = {"image": 0, "cell": 1}
+    table = table.sort_values(
+        ["unit", "q_value", "p_value"], key=lambda s: s.map(order) if s.name == "unit" else s,
+        kind="mergesort",
+    )
+    return table[list(COLUMNS)].reset_index(drop=True)
+
+
+def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Mean shell-share profile per source/channel/condition with a bootstrap band over images."""
+    shells = long[long["region"] != RIM_VS_CENTRE]
+    per_image = shells.groupby(["source", "explainer", "channel", "condition", "image_id", "region"],
+                               sort=True)["value"].mean().unstack("region")
+    per_image = per_image[sorted(per_image.columns, key=lambda r: int(r.split("_")[1]))]
+    profiles = []
+    for (source, explainer, channel, condition), block in per_image.groupby(
+            level=["source", "explainer", "channel", "condition"], sort=True):
+        mean, low, high = bootstrap_mean_ci(block.to_numpy(), n_boot=n_boot, seed=seed)
+        profiles.append({
+            "source": source, "explainer": explainer, "channel": channel, "condition": condition,
+            "regions": list(block.columns), "mean": np.round(mean, 5).tolist(),
+            "low": np.round(low, 5).tolist(), "high": np.round(high, 5).tolist(),
+            "n_images": int(len(block)), "level": 0.95,
+        })
+    return profiles
+
+
+def finding_text(row: pd.Series, n_shells: int) -> str:
+    """One sentence for an image-level biomarker row."""
+    if row["source"] == "map":
+        what = f"{row['explainer']} attention ({row['channel']} view)"
+    else:
+        what = f"{row['channel']} intensity share"
+    direction = "higher" if row["effect"] > 0 else "lower"
+    return (f"{what} in {region_label(row['region'], n_shells)} {direction} in {row['condition']} "
+            f"than {row['reference']}: q={row['q_value']:.2g} (image level, "
+            f"{row['n_condition']} vs {row['n_reference']} images), Cliff's delta={row['cliffs_delta']:+.2f}")
+
+
+def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10) -> list[dict[str, Any]]:
+    """Image-level rows with q < ``alpha``, ranked by q, then |Cliff's delta|, then |effect|."""
+    rows = table[(table["unit"] == "image") & (table["q_value"] < alpha)].copy()
+    rows["_delta"] = -rows["cliffs_delta"].abs()
+    rows["_effect"] = -rows["effect"].abs()
+    rows = rows.sort_values(["q_value", "_delta", "_effect"], kind="mergesort").head(limit)
+    found = []
+    for rank, (_, row) in enumerate(rows.iterrows(), start=1):
+        found.append({
+            "rank": rank,
+            "text": finding_text(row, n_shells),
+            "localisation": localisation(row["region"], row["effect"], n_shells),
+            **{key: _plain(row[key]) for key in ("source", "explainer", "channel", "region", "condition",
+                                                  "reference", "effect", "cliffs_delta", "p_value",
+                                                  "q_value", "unit", "n_condition", "n_reference")},
+        })
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _map_sets(run_dir: Path) -> list[Any]:
+    """Every view's maps in maps.zarr (root first)."""
+    import zarr
+
+    from epikit.explanation import MAPS_NAME, read_maps
+
+    root = read_maps(run_dir)
+    views = [v for v in root.attrs.get("views", [root.view]) if v != root.view]
+    group = zarr.open_group(str(run_dir / MAPS_NAME), mode="r")
+    children = dict(group.groups())
+    return [root] + [read_maps(run_dir, v) for v in views if v in children]
+
+
+def biomarker_run(
+    run_dir: str | Path,
+    reference: str | None = None,
+    trust: bool = True,
+    seed: int = 0,
+    *,
+    alpha: float = 0.05,
+    image_test: str = "permutation",
+    shell_method: str = "scaled",
+    trust_cells: int = 32,
+    control_epochs: int | None = None,
+    explainers: Sequence[str] | None = None,
+    maps: bool = True,
+) -> dict[str, Any]:
+    """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
+
+    ``reference``: the reference condition (default: a control-like name, else the first).
+    ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
+    :func:`epikit.analysis.trust.trust_checks`): channel attribution, mask-edge
+    control (trains the run's classifier on masks: ``control_epochs`` overrides its epochs),
+    faithfulness for ``explainers`` (default: the stored maps' explainer, gradcam and
+    scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
+    condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
+    checks). The returned summary lists the findings as sentences with their flags.
+    """
+    from epikit.dataset import CellDataset
+    from epikit.explanation import read_masks
+    from epikit.io.store import update_metrics, write_csv
+
+    from epikit.analysis.stats import IMAGE_TESTS
+
+    if shell_method not in SHELL_COLUMN_PREFIX:
+        raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
+    if image_test not in IMAGE_TESTS:
+        raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
+    if trust and not maps:
+        raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    dataset = CellDataset(run_dir)
+    cells = dataset.table
+    n_shells = int(dataset.attrs.get("n_shells", 5))
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference)
+    map_sets = _map_sets(run_dir) if maps else []
+    by_id = pd.Series(np.arange(len(cells)), index=cells["cell_id"].astype(str))
+    frames = []
+    map_shares: dict[str, np.ndarray] = {}
+    for stored in map_sets:
+        rows = by_id.reindex(stored.cell_ids).to_numpy()
+        if np.isnan(rows.astype(float)).any():
+            raise DataError(f"{run_dir / 'maps.zarr'} explains cells that cells.parquet lacks; re-run explain")
+        masks = read_masks(dataset.store_path, stored.crop_index)
+        shares = map_shell_shares(stored.maps, masks, n_shells, shell_method)
+        map_shares[stored.view] = shares
+        frames.append(_long(cells.iloc[rows.astype(np.int64)], shares, "map",
+                            str(stored.attrs.get("explainer", "")), stored.view))
+    channel_shares = image_shares(cells, dataset.channel_names, n_shells, shell_method,
+                                  *_crops_if_needed(dataset, cells, n_shells, shell_method))
+    for channel, shares in channel_shares.items():
+        frames.append(_long(cells, shares, "image", "", channel))
+    long = pd.concat(frames, ignore_index=True)
+    table = biomarker_table(long, reference, image_test, seed)
+    write_csv(table, run_dir / "biomarkers.csv")
+    findings = rank_findings(table, alpha, n_shells)
+    summary: dict[str, Any] = {
+        "reference": reference,
+        "alpha": alpha,
+        "image_test": image_test,
+        "shell_method": shell_method,
+        "n_shells": n_shells,
+        "n_rows": int(len(table)),
+        "n_significant_image_level": int(((table["unit"] == "image") & (table["q_value"] < alpha)).sum()),
+        "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
+        "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
+        "profiles": shell_profiles(long, seed),
+    }
+    if trust:
+        from epikit.analysis.trust import attach_trust, trust_checks
+
+        checks = trust_checks(run_dir, map_sets[0], reference=reference, seed=seed, alpha=alpha,
+                              trust_cells=trust_cells, control_epochs=control_epochs,
+                              explainers=explainers, shell_method=shell_method, image_test=image_test)
+        findings = attach_trust(findings, checks)
+        update_metrics(run_dir, "channel_attribution", checks["channel_attribution"])
+        update_metrics(run_dir, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
+    summary["top_finding"] = findings[0]["text"] if findings else None
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    update_metrics(run_dir, "biomarkers", summary)
+    update_metrics(run_dir, "findings", findings)
+    texts = [f["text"] + (f" [{'; '.join(f['trust']['flags'])}]" if f.get("trust", {}).get("flags") else "")
+             for f in findings]
+    return {k: v for k, v in summary.items() if k != "profiles"} | {"findings": texts}
+
+
+def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:
+    """Crops and masks of every cell when cells.parquet lacks the shell-share features."""
+    prefix = SHELL_COLUMN_PREFIX[method]
+    needed = any(f"{c}_{prefix}_1_share" not in cells.columns for c in dataset.channel_names)
+    if not needed:
+        return None, None
+    from epikit.explanation import read_masks
+
+    return dataset.load_crops(), read_masks(dataset.store_path, cells["crop_index"].to_numpy())

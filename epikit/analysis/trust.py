@@ -1,0 +1,393 @@
+"""Trust checks for explanation maps and the findings drawn from them.
+
+* :func:`channel_attribution`: occlude one input channel at a time (set it to its mean
+  inside the nucleus, so its spatial pattern is gone but its level is kept) and measure the
+  drop in the target-class probability; works for any number of channels.
+* :func:`deletion_insertion`: faithfulness curves. Deletion removes nucleus pixels (sets them
+  to 0, the background of a masked crop) in decreasing order of map value; insertion starts
+  from an empty nucleus and adds them back in that order. A faithful map makes the target
+  probability fall fast (small deletion area) and rise fast (large insertion area); both
+  are compared with a random pixel order.
+* :func:`randomised_copy` + :func:`rank_correlation`: the model-randomisation sanity check
+  (Adebayo et al. 2018): maps of a network with re-initialised weights must differ from
+  the trained network's maps; the Spearman rank correlation inside the nucleus is reported.
+* :func:`train_mask_control`: the mask-edge control, a classifier of the run's recipe
+  trained on the nucleus masks alone, whose maps show what a shape/edge-only model attends
+  to. A rim finding that this control reproduces is a possible edge artefact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from epikit.errors import DataError
+
+
+def _check(crops: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> None:
+    if crops.ndim != 4 or masks.shape != (crops.shape[0], *crops.shape[2:]) or targets.shape != crops.shape[:1]:
+        raise DataError(f"trust checks need crops (N, C, S, S), masks (N, S, S), targets (N,); got "
+                        f"{tuple(crops.shape)}, {tuple(masks.shape)}, {tuple(targets.shape)}")
+    if crops.shape[0] == 0:
+        raise DataError("no cells for the trust checks")
+
+
+def target_probability(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Softmax probability of ``targets`` (N,) for inputs ``x`` (N, C, S, S), in chunks."""
+    from epikit.explainers.cam_layers import model_device
+
+    device = model_device(model)
+    out = torch.empty(len(x))
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(x), chunk):
+            batch = x[start : start + chunk].to(device, torch.float32)
+            probabilities = torch.softmax(model(batch).float(), dim=1)
+            picked = probabilities.gather(1, targets[start : start + chunk].to(device)[:, None])
+            out[start : start + len(batch)] = picked[:, 0].cpu()
+    return out
+
+
+def channel_attribution(model: nn.Module, crops: Any, masks: Any, targets: Any) -> np.ndarray:
+    """Drop in target probability (N, C) when each channel is set to its nucleus mean.
+
+    Positive values: the decision rests on that channel's pattern inside the nucleus.
+    """
+    crops = torch.as_tensor(np.asarray(crops), dtype=torch.float32)
+    masks = torch.as_tensor(np.asarray(masks) > 0)
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    _check(crops, masks, targets)
+    n, channels = crops.shape[:2]
+    inside = masks[:, None].float()
+    means = (crops * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)).clamp_min(1)  # (N, C)
+    base = target_probability(model, crops, targets)
+    drops = np.empty((n, channels))
+    for c in range(channels):
+        occluded = crops.clone()
+        occluded[:, c] = torch.where(masks, means[:, c, None, None], crops[:, c])
+        drops[:, c] = (base - target_probability(model, occluded, targets)).numpy()
+    return drops
+
+
+def _pixel_ranks(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = first) of each pixel in decreasing ``scores`` order; pixels outside rank last."""
+    flat = scores.flatten(1).masked_fill(~masks.flatten(1), float("-inf"))
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    return ranks.view_as(scores)
+
+
+def faithfulness_curves(
+    model: nn.Module, crops: Any, masks: Any, maps: Any, targets: Any, steps: int = 16, seed: int = 0,
+    batch: int = 256,
+) -> dict[str, np.ndarray]:
+    """Per-cell deletion / insertion curves (N, steps + 1) for ``maps`` and a random order.
+
+    Step ``j`` removes (deletion) or keeps (insertion) the ``j / steps`` fraction of nucleus
+    pixels with the highest scores; removed pixels are set to 0 (the masked-crop background).
+    """
+    crops = torch.as_tensor(np.asarray(crops), dtype=torch.float32)
+    masks = torch.as_tensor(np.asarray(masks) > 0)
+    maps = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    _check(crops, masks, targets)
+    if maps.shape != masks.shape:
+        raise DataError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
+    random_scores = torch.rand(maps.shape, generator=torch.Generator().manual_seed(seed))
+    counts = masks.flatten(1).sum(dim=1)
+    fractions = torch.linspace(0, 1, steps + 1)
+    per_batch = max(1, batch // len(crops))  # steps scored together in one forward
+    curves = {}
+    for name, scores in (("", maps), ("random_", random_scores)):
+        ranks = _pixel_ranks(scores, masks)
+        deletion = np.empty((len(crops), steps + 1))
+        insertion = np.empty((len(crops), steps + 1))
+        for first in range(0, steps + 1, per_batch):
+            group = fractions[first : first + per_batch]
+            kept = ranks[None] < torch.floor(group[:, None] * counts[None] + 0.5)[:, :, None, None]
+            kept = kept[:, :, None]  # (steps, N, 1, S, S)
+            tiled = targets.repeat(len(group))
+            removed = torch.where(kept, 0.0, crops[None]).flatten(0, 1)
+            added = torch.where(kept, crops[None], 0.0).flatten(0, 1)
+            deletion[:, first : first + len(group)] = (
+                target_probability(model, removed, tiled).view(len(group), -1).T.numpy())
+            insertion[:, first : first + len(group)] = (
+                target_probability(model, added, tiled).view(len(group), -1).T.numpy())
+        curves[f"{name}deletion"], curves[f"{name}insertion"] = deletion, insertion
+    return curves
+
+
+def _area(curves: np.ndarray) -> float:
+    """Mean area under (N, steps + 1) curves over the unit interval (trapezoid rule)."""
+    return float(np.mean((curves[:, 1:] + curves[:, :-1]).sum(axis=1) / (2 * (curves.shape[1] - 1))))
+
+
+def summarise_curves(curves: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Areas and mean curves of :func:`faithfulness_curves` output (cells may be concatenated).
+
+    ``better_than_random``: deletion area below and insertion area above the random order's.
+    """
+    steps = curves["deletion"].shape[1] - 1
+    result: dict[str, Any] = {f"{name}_auc": _area(values) for name, values in curves.items()}
+    result["fractions"] = np.linspace(0, 1, steps + 1).round(4).tolist()
+    result.update({f"{name}_curve": values.mean(axis=0).round(5).tolist() for name, values in curves.items()})
+    result["n_cells"] = int(len(curves["deletion"]))
+    result["better_than_random"] = bool(
+        result["deletion_auc"] < result["random_deletion_auc"]
+        and result["insertion_auc"] > result["random_insertion_auc"]
+    )
+    return result
+
+
+def deletion_insertion(
+    model: nn.Module, crops: Any, masks: Any, maps: Any, targets: Any, steps: int = 16, seed: int = 0
+) -> dict[str, Any]:
+    """Deletion / insertion areas and mean curves for ``maps`` and for a random pixel order."""
+    return summarise_curves(faithfulness_curves(model, crops, masks, maps, targets, steps, seed))
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with every layer re-initialised (weights, biases, BN statistics)."""
+    randomised = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in randomised.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+            module.reset_running_stats()
+    return randomised.eval()
+
+
+def rank_correlation(first: Any, second: Any, masks: Any) -> np.ndarray:
+    """Spearman rank correlation per cell of two map stacks (N, S, S), inside the nucleus.
+
+    NaN for a cell where either map is constant inside the nucleus.
+    """
+    from scipy import stats
+
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    masks = np.asarray(masks) > 0
+    out = np.full(len(first), np.nan)
+    for i, (a, b, m) in enumerate(zip(first, second, masks)):
+        x, y = a[m], b[m]
+        if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            out[i] = stats.spearmanr(x, y).statistic
+    return out
+
+
+def summarise_sanity(rho: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Mean rank correlation of real vs randomised-model maps; ``differs`` if below ``threshold``."""
+    finite = np.isfinite(rho)
+    mean = float(np.mean(rho[finite])) if finite.any() else float("nan")
+    return {"rank_correlation": mean, "n_cells": int(finite.sum()), "threshold": threshold,
+            "differs": bool(finite.any() and mean < threshold)}
+
+
+@dataclass
+class MaskControl:
+    """Classifiers trained on the nucleus masks alone, one per fold, and their scores."""
+
+    models: dict[int, nn.Module]
+    fold: np.ndarray
+    accuracy: float
+    metrics: dict[str, Any]
+
+
+def train_mask_control(run_dir: str | Path, epochs: int | None = None, seed: int | None = None) -> MaskControl:
+    """Cross-validate the run's classifier recipe on mask-only crops (1 channel: inside = 1).
+
+    Uses the classifier, parameters, split, folds and training options recorded in
+    ``metrics.json["classification"]`` (``epochs`` overrides the number of epochs), so the
+    control differs from the real model only in its input.
+    """
+    from epikit.dataset import CellDataset
+    from epikit.explanation import read_masks
+    from epikit.io import read_json
+    from epikit.training import TrainingOptions, cross_validate
+
+    run_dir = Path(run_dir)
+    recipe = (read_json(run_dir / "metrics.json", default={}) or {}).get("classification")
+    if not recipe:
+        raise DataError(f"{run_dir / 'metrics.json'} has no classification entry; train first")
+    options = dict(recipe.get("training") or {})
+    options["progress"] = False
+    if epochs is not None:
+        options["epochs"] = epochs
+    if seed is not None:
+        options["seed"] = seed
+    dataset = CellDataset(run_dir)
+    masks = read_masks(dataset.store_path, dataset.table["crop_index"].to_numpy())
+    cv = cross_validate(
+        masks[:, None].astype(np.float32), dataset.labels, dataset.groups, dataset.classes,
+        recipe.get("classifier", "resnet10"), recipe.get("params") or {},
+        split=recipe.get("split", "group"), folds=int(recipe.get("folds_requested", 5)),
+        options=TrainingOptions.from_mapping(options),
+        image_ids=dataset.table["image_id"].to_numpy(), description="mask control",
+    )
+    return MaskControl({k: t.model.eval() for k, t in cv.models.items()}, cv.fold,
+                       float(cv.metrics.get("accuracy", float("nan"))), cv.metrics)
+
+
+# ------------------------------------------------------------------ run-folder orchestration
+
+
+def _subset(conditions: np.ndarray, per_condition: int, seed: int) -> np.ndarray:
+    """Up to ``per_condition`` positions per condition (seeded), in order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for condition in sorted(set(conditions)):
+        members = np.flatnonzero(conditions == condition)
+        if len(members) > per_condition:
+            members = rng.choice(members, per_condition, replace=False)
+        chosen.append(members)
+    return np.sort(np.concatenate(chosen))
+
+
+def _explain_by_fold(explainer: Any, models: dict[int, nn.Module], crops: np.ndarray,
+                     targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Maps of ``crops``, each cell explained by the model of its fold."""
+    from epikit.explanation import explain_cells
+
+    maps, _ = explain_cells(models, crops, folds, targets, explainer)
+    return maps
+
+
+def trust_checks(
+    run_dir: str | Path,
+    stored: Any,
+    reference: str,
+    seed: int = 0,
+    alpha: float = 0.05,
+    trust_cells: int = 32,
+    control_epochs: int | None = None,
+    explainers: Any = None,
+    shell_method: str = "scaled",
+    image_test: str = "permutation",
+    steps: int = 16,
+) -> dict[str, Any]:
+    """Run every trust check for one view's stored maps (:class:`epikit.explanation.StoredMaps`).
+
+    Channel attribution uses every explained cell; faithfulness and the sanity check use up
+    to ``trust_cells`` per condition; the mask-edge control explains every explained cell
+    with mask-only models and compares conditions with the same shell statistic.
+    """
+    from epikit.analysis.biomarkers import _long, map_shell_shares
+    from epikit.analysis.stats import compare_conditions
+    from epikit.dataset import CellDataset
+    from epikit.explanation import read_masks
+    from epikit.registry import get_explainer
+    from epikit.training import load_fold_models
+
+    run_dir = Path(run_dir)
+    dataset = CellDataset(run_dir, channels=stored.attrs["channel_names"])
+    by_id = pd.Series(np.arange(len(dataset.table)), index=dataset.table["cell_id"].astype(str))
+    rows = by_id.reindex(stored.cell_ids).to_numpy(np.int64)
+    cells = dataset.table.iloc[rows]
+    conditions = cells["condition"].astype(str).to_numpy()
+    crops = dataset.load_crops(rows)
+    masks = read_masks(dataset.store_path, stored.crop_index)
+    models = load_fold_models(run_dir, view=stored.view)
+    name, params = str(stored.attrs["explainer"]), dict(stored.attrs.get("params") or {})
+    n_shells = int(dataset.attrs.get("n_shells", 5))
+
+    drops = np.empty((len(rows), crops.shape[1]))
+    for fold in np.unique(stored.fold):
+        at = stored.fold == fold
+        drops[at] = channel_attribution(models[int(fold)], crops[at], masks[at], stored.target[at])
+    attribution = {
+        condition: {channel: float(drops[conditions == condition, c].mean())
+                    for c, channel in enumerate(dataset.channel_names)}
+        for condition in sorted(set(conditions))
+    }
+
+    subset = _subset(conditions, trust_cells, seed)
+    sub_folds, sub_targets = stored.fold[subset], stored.target[subset]
+    faithfulness = {}
+    for method in dict.fromkeys([name, *(explainers or ("gradcam", "gradcampp"))]):
+        if method == name:
+            maps = stored.maps[subset]
+        else:
+            maps = _explain_by_fold(get_explainer(method), models, crops[subset], sub_targets, sub_folds)
+        parts = [faithfulness_curves(models[int(f)], crops[subset][sub_folds == f], masks[subset][sub_folds == f],
+                                     maps[sub_folds == f], sub_targets[sub_folds == f], steps, seed)
+                 for f in np.unique(sub_folds)]
+        faithfulness[method] = summarise_curves({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+    randomised = {int(f): randomised_copy(m, seed + int(f)) for f, m in models.items()}
+    random_maps = _explain_by_fold(get_explainer(name, **params), randomised, crops[subset], sub_targets, sub_folds)
+    sanity = summarise_sanity(rank_correlation(stored.maps[subset], random_maps, masks[subset]))
+    sanity["explainer"] = name
+
+    control = train_mask_control(run_dir, epochs=control_epochs, seed=seed)
+    control_fold = control.fold[rows]
+    tested = control_fold >= 0
+    control_maps = _explain_by_fold(get_explainer(name, **params), control.models,
+                                    masks[tested][:, None].astype(np.float32), stored.target[tested],
+                                    control_fold[tested])
+    shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
+    long = _long(cells[tested], shares, "mask_control", name, "mask")
+    rows_out = compare_conditions(long, keys=["region"], reference=reference, image_test=image_test,
+                                  units=("image",), seed=seed)
+    mask_control = {
+        "accuracy": control.accuracy,
+        "explainer": name,
+        "n_cells": int(tested.sum()),
+        "rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                 for r in rows_out[["region", "condition", "reference", "effect", "cliffs_delta",
+                                    "p_value", "q_value", "n_condition", "n_reference"]].to_dict("records")],
+    }
+    return {
+        "view": stored.view,
+        "channel_attribution": attribution,
+        "faithfulness": faithfulness,
+        "sanity": sanity,
+        "mask_control": mask_control,
+        "alpha": alpha,
+        "cells": {"attribution": int(len(rows)), "faithfulness_and_sanity": int(len(subset))},
+    }
+
+
+def attach_trust(findings: list[dict[str, Any]], checks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add each finding's trust checks and flags (e.g. ``possible edge artefact``)."""
+    alpha = checks["alpha"]
+    control_rows = {(r["region"], r["condition"]): r for r in checks["mask_control"]["rows"]}
+    out = []
+    for finding in findings:
+        trust: dict[str, Any] = {}
+        flags: list[str] = []
+        attribution = checks["channel_attribution"].get(finding["condition"], {})
+        if attribution:
+            ranked = sorted(attribution, key=attribution.get, reverse=True)
+            trust["top_channel"] = ranked[0]
+            trust["channel_attribution"] = attribution
+        if finding["source"] == "map":
+            row = control_rows.get((finding["region"], finding["condition"]))
+            if row is not None:
+                same = bool(np.sign(row["effect"]) == np.sign(finding["effect"]) and row["p_value"] < alpha)
+                trust["mask_control"] = {"effect": row["effect"], "p_value": row["p_value"],
+                                         "q_value": row["q_value"], "shows_same_difference": same}
+                if same:
+                    flags.append("possible edge artefact")
+            faithful = checks["faithfulness"].get(finding["explainer"])
+            if faithful is not None:
+                trust["faithfulness"] = {k: faithful[k] for k in (
+                    "deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
+                    "better_than_random")}
+                if not faithful["better_than_random"]:
+                    flags.append("map not more faithful than a random order")
+            trust["sanity"] = {k: checks["sanity"][k] for k in ("rank_correlation", "differs")}
+            if not checks["sanity"]["differs"]:
+                flags.append("map barely changes when the model's weights are randomised")
+        trust["possible_edge_artefact"] = "possible edge artefact" in flags
+        trust["flags"] = flags
+        out.append({**finding, "trust": trust})
+    return out

@@ -1,0 +1,61 @@
+"""``epikit explain`` (maps of out-of-fold cells) and ``epikit biomarkers`` (shell statistics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from epikit.cli import command, parse_params
+
+
+@command("explain")
+def explain_command(
+    run_dir: Path = typer.Argument(..., help="Run folder with a trained classifier (model/, cells.parquet)."),
+    explainer: str = typer.Option("scorecam", "--explainer", "-e", help="Explainer plugin (see `epikit plugins`)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Explainer parameter key=value, repeatable (e.g. -p weighting=softmax-over-channels)."),
+    cells: str = typer.Option("correct", "--cells", help="Which out-of-fold test cells: correct, misclassified or all."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", help="At most this many cells per condition (seeded random choice)."),
+    target: str = typer.Option("predicted", "--target", help="Class to explain: predicted, or a class (condition) name."),
+    view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cell choice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Explain out-of-fold test cells with the fold model that did not train on them; write maps.zarr."""
+    from epikit.explanation import explain_run
+
+    summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells,
+                          target=target, views=view or None, seed=seed, progress=not quiet)
+    for name, info in summary["views"].items():
+        counts = ", ".join(f"{c}: {n}" for c, n in info["per_condition"].items())
+        typer.echo(f"view {name}: {info['n_cells']} cells explained ({counts})")
+    approximate = " (approximate: top_k channels)" if summary["approximate"] else ""
+    typer.echo(f"{summary['explainer']} at layer {summary['layer']}{approximate}: "
+               f"{summary['seconds_per_cell']:.3f} s/cell; maps in {run_dir / 'maps.zarr'}")
+
+
+@command("biomarkers")
+def biomarkers_command(
+    run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="q-value threshold of a finding."),
+    image_test: str = typer.Option("permutation", "--image-test", help="Image-level test: permutation or mannwhitney."),
+    shells: str = typer.Option("scaled", "--shells", help="Shell definition: scaled (the study's) or distance."),
+    trust: bool = typer.Option(True, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
+    trust_cells: int = typer.Option(32, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
+    control_epochs: Optional[int] = typer.Option(None, "--control-epochs", help="Epochs of the mask-only control model (default: the run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of permutations, bootstrap and subsets."),
+) -> None:
+    """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
+    from epikit.analysis.biomarkers import biomarker_run
+
+    summary = biomarker_run(run_dir, reference=reference, trust=trust, seed=seed, alpha=alpha,
+                            image_test=image_test, shell_method=shells, trust_cells=trust_cells,
+                            control_epochs=control_epochs)
+    typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
+               f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")
+    for number, text in enumerate(summary["findings"], start=1):
+        typer.echo(f"{number}. {text}")
+    if not summary["findings"]:
+        typer.echo("no finding passes the image-level threshold")
