@@ -68,6 +68,8 @@ STATE_VERSION = 1
 #: Target size of one Zarr chunk; chunks hold 1 to :data:`MAX_CHUNK_CELLS` cells.
 CHUNK_BYTES = 512 * 1024
 MAX_CHUNK_CELLS = 16
+#: Rows per row group of ``cells.parquet``.
+ROW_GROUP_ROWS = 8192
 #: Most float32 crop bytes computed and written at once (whole chunks, at least one).
 BATCH_BYTES = 8 * 1024 * 1024
 DTYPES = ("float16", "float32")
@@ -214,8 +216,13 @@ class _WorkState:
         write_json(self.work / "state.json", self.state)
 
     def write_table(self) -> None:
-        """Stream the part tables, in crop order, into ``cells.parquet`` (atomically)."""
+        """Stream the part tables, in crop order, into ``cells.parquet`` (atomically).
+
+        Parts are gathered into row groups of about :data:`ROW_GROUP_ROWS` rows, so memory is
+        bounded by one row group and the file does not hold one tiny row group per image.
+        """
         writer = None
+        pending: list[pa.Table] = []
         try:
             with atomic_path(self.out_dir / CELLS_NAME) as tmp:
                 for entry in self.state["images"]:
@@ -224,9 +231,12 @@ class _WorkState:
                     table = pq.read_table(self.work / entry["part"])
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, table.schema)
-                    elif table.schema != writer.schema:
-                        table = table.cast(writer.schema)
-                    writer.write_table(table)
+                    pending.append(table if table.schema == writer.schema else table.cast(writer.schema))
+                    if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending.clear()
+                if pending:
+                    writer.write_table(pa.concat_tables(pending))
                 writer.close()
                 writer = None
         finally:
