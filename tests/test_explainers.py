@@ -109,7 +109,7 @@ def two_blob_crops(n: int, size: int = 32) -> torch.Tensor:
     return crops * 10
 
 
-def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting="score"):
+def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting="score", score="probability"):
     """Score-CAM by its definition: one forward per map and cell, no shortcuts."""
     captured = {}
     handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
@@ -126,7 +126,10 @@ def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting
                 if up.max() == up.min():
                     continue
                 mask = (up - up.min()) / (up.max() - up.min())
-                scores.append(torch.softmax(model(x[None] * mask), dim=1)[0, target])
+                output = model(x[None] * mask)
+                if score == "probability":
+                    output = torch.softmax(output, dim=1)
+                scores.append(output[0, target])
                 ups.append(up)
             weights = torch.stack(scores)
             if weighting == "softmax-over-channels":
@@ -144,13 +147,15 @@ def model_and_crops():
     return with_random_bn_statistics(SmallResNet(24)), torch.rand(3, 3, 24, 24)
 
 
-@pytest.mark.parametrize("weighting", ["score", "softmax-over-channels"])
-def test_scorecam_equals_naive_loop(model_and_crops, weighting):
+@pytest.mark.parametrize("weighting, score", [("score", "probability"),
+                                              ("softmax-over-channels", "probability"),
+                                              ("softmax-over-channels", "logit")])
+def test_scorecam_equals_naive_loop(model_and_crops, weighting, score):
     model, crops = model_and_crops
     targets = torch.tensor([0, 1, 1])
-    explainer = ScoreCAM(weighting=weighting, batch_size=50, cell_batch=2)
+    explainer = ScoreCAM(weighting=weighting, score=score, batch_size=50, cell_batch=2)
     fast = explainer.explain(model, crops, targets)
-    slow = naive_scorecam(model, model.layer2, crops, targets, weighting)
+    slow = naive_scorecam(model, model.layer2, crops, targets, weighting, score)
     assert fast.shape == (3, 24, 24)
     assert float((fast - slow).abs().max()) < 1e-5
     assert torch.equal(fast.amax(dim=(1, 2)), torch.ones(3))
@@ -301,6 +306,8 @@ def test_registered_explainers_and_bad_inputs(name, model_and_crops):
 def test_bad_parameters_are_config_errors():
     with pytest.raises(ConfigError, match="weighting"):
         epikit.get_explainer("scorecam", weighting="max")
+    with pytest.raises(ConfigError, match="score"):
+        epikit.get_explainer("scorecam", score="softmax")
     with pytest.raises(ConfigError, match="batch_size"):
         epikit.get_explainer("scorecam", batch_size=0)
     with pytest.raises(ConfigError, match="top_k"):

@@ -15,6 +15,12 @@ Exact speed-ups (results equal the per-map loop up to float rounding):
   normalisation is undefined;
 * no per-item host synchronisation: scores are scattered into a device tensor.
 
+The libraries pytorch-grad-cam and torchcam weight the maps differently: by default they
+score the target's *logit* and pass the scores through a softmax over the channels;
+``score="logit", weighting="softmax-over-channels"`` reproduces that (and
+``score="probability", weighting="softmax-over-channels"`` matches pytorch-grad-cam with
+``ClassifierOutputSoftmaxTarget``).
+
 ``top_k`` scores only the ``k`` channels with the largest mean activation per cell, an
 approximation reported in :attr:`ScoreCAM.info`. A map whose weighted sum is nowhere
 positive stays all zero (ReLU removes everything); such cells are counted in ``info``.
@@ -40,6 +46,7 @@ from epikit.explainers.cam_layers import (
 )
 
 WEIGHTINGS = ("score", "softmax-over-channels")
+SCORES = ("probability", "logit")
 
 
 class ScoreCAM:
@@ -68,6 +75,7 @@ class ScoreCAM:
         self,
         layer: str | None = None,
         weighting: str = "score",
+        score: str = "probability",
         batch_size: int = 128,
         cell_batch: int | None = None,
         top_k: int | None = None,
@@ -78,11 +86,14 @@ class ScoreCAM:
             raise ConfigError(
                 f"scorecam: unknown weighting {weighting!r}; use one of: {', '.join(WEIGHTINGS)}"
             )
+        if score not in SCORES:
+            raise ConfigError(f"scorecam: unknown score {score!r}; use one of: {', '.join(SCORES)}")
         for name, value in (("batch_size", batch_size), ("cell_batch", cell_batch), ("top_k", top_k)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"scorecam: {name} must be a positive integer, got {value!r}")
         self.layer = layer
         self.weighting = weighting
+        self.score = score
         self.batch_size = batch_size
         self.cell_batch = cell_batch or batch_size
         self.top_k = top_k
@@ -96,6 +107,7 @@ class ScoreCAM:
         return {
             "layer": self.layer,
             "weighting": self.weighting,
+            "score": self.score,
             "batch_size": self.batch_size,
             "cell_batch": self.cell_batch,
             "top_k": self.top_k,
@@ -148,6 +160,7 @@ class ScoreCAM:
         self.info = {
             "layer": layer_name,
             "weighting": self.weighting,
+            "score": self.score,
             "approximate": self.top_k is not None,
             "top_k": self.top_k,
             "scored_maps": scored,
@@ -191,8 +204,10 @@ class ScoreCAM:
             masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low)
             batch = buffer[: len(chunk)]
             torch.mul(x[cell], masks, out=batch)
-            probabilities = torch.softmax(net.model(batch).float(), dim=1)
-            scores[chunk] = probabilities.gather(1, target[cell][:, None]).squeeze(1)
+            outputs = net.model(batch).float()
+            if self.score == "probability":
+                outputs = torch.softmax(outputs, dim=1)
+            scores[chunk] = outputs.gather(1, target[cell][:, None]).squeeze(1)
         scores = scores.view(n, k)
         if self.weighting == "softmax-over-channels":
             scores = torch.softmax(scores.masked_fill(~active, float("-inf")), dim=1)
