@@ -131,32 +131,54 @@ def counts_per_image(counts: Mapping[str, Sequence[float]], ylabel: str = "nucle
     return figure
 
 
-def crop_grid(examples: Mapping[str, tuple[np.ndarray, list[str]]], channel_names: Sequence[str],
-              ranges: Sequence[tuple[float, float]]) -> Any:
-    """Rows: example cells of each condition; columns: channels. ``ranges`` per channel."""
+def mosaic(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = 2) -> np.ndarray:
+    """RGB tiles (H, W, 3) in [0, 1] laid out in rows and columns on white, ``gap`` px apart.
+
+    Drawing one image instead of one axes per tile keeps big grids fast.
+    """
+    height = max(t.shape[0] for row in tiles for t in row if t is not None)
+    width = max(t.shape[1] for row in tiles for t in row if t is not None)
+    columns = max(len(row) for row in tiles)
+    out = np.ones((len(tiles) * (height + gap) - gap, columns * (width + gap) - gap, 3), dtype=np.float32)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            if tile is not None:
+                y, x = r * (height + gap), c * (width + gap)
+                out[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    return out
+
+
+def _mosaic_figure(image: np.ndarray, tile: tuple[int, int], row_labels: Mapping[float, str],
+                   column_labels: Sequence[str] = (), inches_per_tile: float = 1.1, gap: int = 2) -> Any:
+    """One axes showing a mosaic, labelled at row positions (in tiles) and column centres."""
     plt = pyplot()
-    rows = [(condition, crop, cell) for condition, (crops, cells) in examples.items()
-            for crop, cell in zip(crops, cells)]
-    columns = len(channel_names)
-    figure, axes = plt.subplots(len(rows), columns, squeeze=False,
-                                figsize=(1.3 * columns + 1.2, 1.3 * len(rows) + 0.3))
-    conditions = [condition for condition, _, _ in rows]
-    for row, (condition, crop, _) in enumerate(rows):
-        first = conditions.index(condition)
-        middle_of_block = row == first + (conditions.count(condition) - 1) // 2
-        for column in range(columns):
-            axis = axes[row, column]
-            low, high = ranges[column]
-            axis.imshow(_stretch(crop[column], low, high), cmap="gray", vmin=0, vmax=1,
-                        interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(short(channel_names[column], 20), fontsize=9)
-            if column == 0 and middle_of_block:
-                axis.set_ylabel(short(condition, 16), fontsize=8, rotation=0, ha="right", va="center")
-    figure.tight_layout(pad=0.3)
+    rows = (image.shape[0] + gap) / (tile[0] + gap)
+    columns = (image.shape[1] + gap) / (tile[1] + gap)
+    figure, axis = plt.subplots(figsize=(inches_per_tile * columns + 1.3,
+                                         inches_per_tile * rows + (0.3 if column_labels else 0.1)))
+    axis.imshow(image, interpolation="nearest")
+    axis.set_yticks([(position + 0.5) * (tile[0] + gap) for position in row_labels],
+                    list(row_labels.values()), fontsize=8)
+    axis.set_xticks([(c + 0.5) * (tile[1] + gap) for c in range(len(column_labels))],
+                    list(column_labels), fontsize=8)
+    axis.xaxis.tick_top()
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
     return figure
+
+
+def crop_grid(examples: Mapping[str, np.ndarray], channel_names: Sequence[str],
+              ranges: Sequence[tuple[float, float]]) -> Any:
+    """Rows: example cells (N, C, S, S) of each condition; columns: channels (grey, one range each)."""
+    tiles, labels = [], {}
+    for condition, crops in examples.items():
+        labels[len(tiles) + (len(crops) - 1) / 2] = short(condition, 20)
+        for crop in crops:
+            tiles.append([np.repeat(_stretch(crop[c], *ranges[c])[..., None], 3, axis=-1)
+                          for c in range(len(channel_names))])
+    size = next(iter(examples.values())).shape[-2:]
+    return _mosaic_figure(mosaic(tiles), size, labels, [short(c, 16) for c in channel_names])
 
 
 def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
@@ -254,11 +276,12 @@ def composite(crops: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.nd
     return stretched
 
 
-def _overlay(map_: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def overlay(grey: np.ndarray, map_: np.ndarray, mask: np.ndarray | None, alpha: float = 0.7) -> np.ndarray:
+    """A map (H, W) in [0, 1] coloured (inferno) over a grey image, inside ``mask`` only."""
     plt = pyplot()
-    rgba = plt.get_cmap("inferno")(np.clip(map_, 0, 1))
-    rgba[..., 3] = 0.65 if mask is None else np.where(mask, 0.7, 0.0)
-    return rgba
+    colour = plt.get_cmap("inferno")(np.clip(map_, 0, 1))[..., :3]
+    weight = np.full(map_.shape, alpha) if mask is None else np.where(mask, alpha, 0.0)
+    return (grey[..., None] * (1 - weight[..., None]) + colour * weight[..., None]).astype(np.float32)
 
 
 def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]) -> Any:
@@ -266,28 +289,14 @@ def explanation_gallery(rows: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray
 
     ``rows`` maps a condition to (crop RGB (H, W, 3) in [0, 1], map (H, W), mask or None).
     """
-    plt = pyplot()
-    columns = max(len(v) for v in rows.values())
-    figure, axes = plt.subplots(2 * len(rows), columns, squeeze=False,
-                                figsize=(1.35 * columns + 1.3, 2.7 * len(rows) + 0.2))
-    for index, (condition, examples) in enumerate(rows.items()):
-        for column in range(columns):
-            top, bottom = axes[2 * index, column], axes[2 * index + 1, column]
-            for axis in (top, bottom):
-                axis.set_xticks([])
-                axis.set_yticks([])
-                axis.set_frame_on(False)
-            if column >= len(examples):
-                continue
-            rgb, map_, mask = examples[column]
-            top.imshow(rgb, interpolation="nearest")
-            bottom.imshow(rgb.mean(axis=-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            bottom.imshow(_overlay(map_, mask), interpolation="nearest")
-        axes[2 * index, 0].set_ylabel(f"{short(condition, 16)}\ncrop", fontsize=8, rotation=0,
-                                      ha="right", va="center")
-        axes[2 * index + 1, 0].set_ylabel("map", fontsize=8, rotation=0, ha="right", va="center")
-    figure.tight_layout(pad=0.3)
-    return figure
+    tiles, labels = [], {}
+    for condition, examples in rows.items():
+        labels[len(tiles)] = f"{short(condition, 16)}: crop"
+        labels[len(tiles) + 1] = "map"
+        tiles.append([rgb for rgb, _, _ in examples])
+        tiles.append([overlay(rgb.mean(axis=-1), map_, mask) for rgb, map_, mask in examples])
+    size = next(iter(rows.values()))[0][0].shape[:2]
+    return _mosaic_figure(mosaic(tiles), size, labels)
 
 
 def average_maps(rows: Mapping[str, Mapping[str, tuple[np.ndarray, int]]]) -> Any:

@@ -26,21 +26,19 @@ def crops_section(report: ReportContext) -> Markup:
     if run.crops is None or run.cells is None or "crop_index" not in run.cells:
         return unavailable("Example crops", "crops.zarr or cells.parquet")
     cells = run.cells.sort_values("cell_id" if "cell_id" in run.cells else "crop_index")
-    picked: dict[str, tuple[list[int], list[str]]] = {}
+    picked: dict[str, np.ndarray] = {}
     for condition in run.conditions:
         subset = cells[cells["condition"].astype(str) == condition]
-        rows = [subset.iloc[i] for i in summaries.spread_indices(len(subset), CROPS_PER_CONDITION)]
-        picked[condition] = ([int(r["crop_index"]) for r in rows], [str(r.get("cell_id", "")) for r in rows])
-    all_indices = [i for indices, _ in picked.values() for i in indices]
-    if not all_indices:
+        if len(subset):
+            picked[condition] = subset["crop_index"].to_numpy()[
+                summaries.spread_indices(len(subset), CROPS_PER_CONDITION)]
+    if not picked:
         return note("No cells in cells.parquet.")
+    all_indices = np.concatenate(list(picked.values()))
     crops = run.crops.read(all_indices)
-    masks = run.crops.read_masks(all_indices)
-    ranges = _channel_ranges(crops, masks)
-    examples, start = {}, 0
-    for condition, (indices, ids) in picked.items():
-        examples[condition] = (crops[start:start + len(indices)], ids)
-        start += len(indices)
+    ranges = _channel_ranges(crops, run.crops.read_masks(all_indices))
+    bounds = np.cumsum([0, *(len(v) for v in picked.values())])
+    examples = {condition: crops[bounds[i]:bounds[i + 1]] for i, condition in enumerate(picked)}
     src = report.figures.save(fig.crop_grid(examples, run.crops.channel_names, ranges), "crops")
     caption = (f"Cells spread over each condition ({CROPS_PER_CONDITION} per row block); each channel "
                "uses one intensity scale for all conditions.")
