@@ -24,6 +24,7 @@ import csv
 import json
 import math
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux ``/proc``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def worker(manifest: Path, masks: Path, out: Path, options: dict) -> None:
     """Run one extraction and print a JSON line with its summary and memory."""
     import zarr  # noqa: F401  (imported before the baseline, like everything extraction uses)
@@ -48,12 +58,21 @@ def worker(manifest: Path, masks: Path, out: Path, options: dict) -> None:
 
     records = discover_images(manifest)
     baseline = peak_rss_mb()
+    trace: list[tuple[int, int, float]] = []  # (images done, cells done, RSS MiB)
+    step = max(1, len(records) // 10)
+
+    def sample(record: object, count: int) -> None:
+        cells = (trace[-1][1] if trace else 0) + count
+        images = (trace[-1][0] if trace else 0) + 1
+        trace.append((images, cells, current_rss_mb()))
+
     started = time.perf_counter()
-    summary = extract_cells(records, masks, out, **options)
+    summary = extract_cells(records, masks, out, on_image=sample, **options)
     seconds = time.perf_counter() - started
     print(json.dumps({"cells": summary["n_cells"], "images": len(records), "seconds": seconds,
                       "cells_per_second": summary["n_cells"] / seconds,
-                      "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}))
+                      "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
+                      "rss_trace": [t for t in trace if t[0] % step == 0 or t[0] == len(trace)]}))
 
 
 def simulate(root: Path, cells: int, seed: int) -> Path:
@@ -156,6 +175,7 @@ def main() -> None:
     for name, fraction, run_options in runs:
         manifest = subset_manifest(data, fraction, root / f"manifest_{fraction}.csv")
         out = root / f"run_{name.replace(' ', '_')}"
+        shutil.rmtree(out, ignore_errors=True)  # a finished run would be resumed, not measured
         results[name] = measure(manifest, data / "masks", out, run_options)
         print(name, json.dumps(results[name]))
     print("\n| run | images | cells | seconds | cells/s | RSS after imports (MiB) | peak RSS (MiB) |")
@@ -164,6 +184,8 @@ def main() -> None:
         r = results[name]
         print(f"| {name} | {r['images']} | {r['cells']} | {r['seconds']:.1f} | {r['cells_per_second']:.0f} "
               f"| {r['baseline_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print("\nRSS (MiB) while the 4x run goes on, after (images, cells):")
+    print(", ".join(f"{images}/{cells}: {rss:.0f}" for images, cells, rss in results["4x"]["rss_trace"]))
 
 
 if __name__ == "__main__":
