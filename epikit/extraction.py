@@ -14,8 +14,8 @@ measures its features on the raw image (see :mod:`epikit.features`) and writes
 
 Resumable, with bounded memory: one image is read at a time, and its crops are computed and
 written a batch of whole chunks (at most :data:`BATCH_BYTES`) at a time into a working store
-under ``OUT/.epikit/extract/``. After each image, its table rows go to a part file and then
-``state.json`` records the image as done (the commit point). An interrupted run therefore
+under ``OUT/.epikit/extract/``. After each image, its table rows go to a part file and then a
+line appended to ``progress.jsonl`` records the image as done (the commit point). An interrupted run therefore
 never counts a half-written image: on restart the arrays are cut back to the committed cells
 and extraction continues with the next image. When every image is done, ``cells.parquet`` is
 streamed from the parts and the Zarr store is renamed into place, so both appear complete or
@@ -26,6 +26,7 @@ input files start afresh.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -138,14 +139,18 @@ def _read_pair(record: ImageRecord, masks_dir: Path, n_channels: int) -> tuple[n
 
 
 class _WorkState:
-    """The working store of an extraction: Zarr arrays, part tables and ``state.json``."""
+    """The working store of an extraction: Zarr arrays, part tables and the progress log.
+
+    ``config.json`` holds the options; ``progress.jsonl`` one line per finished image, appended
+    and flushed to disk after the image's crops and part table are written (the commit point;
+    a torn last line is ignored); ``finalised`` marks that ``cells.parquet`` was written.
+    """
 
     def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
         self.out_dir = out_dir
         self.work = out_dir / WORK_DIR
         self.config = config
-        self.state: dict[str, Any] = {"version": STATE_VERSION, "config": config, "n_cells": 0,
-                                      "images": [], "finalised": False}
+        self.images: list[dict[str, Any]] = []
 
     @property
     def work_store(self) -> Path:
@@ -156,22 +161,52 @@ class _WorkState:
         return self.out_dir / CROPS_NAME
 
     @property
+    def log(self) -> Path:
+        return self.work / "progress.jsonl"
+
+    @property
+    def marker(self) -> Path:
+        return self.work / "finalised"
+
+    @property
+    def n_cells(self) -> int:
+        return sum(entry["count"] for entry in self.images)
+
+    @property
+    def finalised(self) -> bool:
+        return self.marker.exists()
+
+    @property
     def done(self) -> dict[str, dict[str, Any]]:
-        return {entry["image_id"]: entry for entry in self.state["images"]}
+        return {entry["image_id"]: entry for entry in self.images}
+
+    def _read_log(self) -> list[dict[str, Any]]:
+        """Committed entries; a line torn by a kill is cut off the log."""
+        if not self.log.exists():
+            return []
+        text = self.log.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        if len(complete) != len(text):
+            with open(self.log, "r+", encoding="utf-8") as handle:
+                handle.truncate(len(complete.encode("utf-8")))
+        return [json.loads(line) for line in complete.splitlines()]
 
     def load(self, fingerprints: dict[str, list[Any]]) -> str | None:
         """Pick up an earlier extraction into ``out_dir``; return why it was discarded, if it was."""
-        saved = read_json(self.work / "state.json")
+        saved = read_json(self.work / "config.json")
+        images = self._read_log() if saved is not None else []
         if saved is None:
             reason = None
-        elif saved.get("version") != STATE_VERSION or saved.get("config") != self.config:
+        elif saved != {"version": STATE_VERSION, **self.config}:
             reason = "settings changed"
-        elif any(fingerprints.get(e["image_id"]) != e["fingerprint"] for e in saved["images"]):
+        elif any(fingerprints.get(e["image_id"]) != e["fingerprint"] for e in images):
             reason = "input images or masks changed or were removed"
-        elif saved["n_cells"] and not (self.work_store.exists() or self.final_store.exists()):
+        elif set(e["image_id"] for e in images) - set(fingerprints):
+            reason = "it holds images that are no longer inputs"
+        elif images and not (self.work_store.exists() or self.final_store.exists()):
             reason = "its crops.zarr is missing"
         else:
-            self.state = saved
+            self.images = images
             return None
         shutil.rmtree(self.work, ignore_errors=True)
         return reason
@@ -180,13 +215,14 @@ class _WorkState:
         """Open (or create) the working Zarr arrays, cut back to the committed cells."""
         import zarr
 
-        if not self.work_store.exists() and self.state["finalised"] and self.final_store.exists():
+        if not self.work_store.exists() and self.finalised and self.final_store.exists():
             # Extending a finished extraction: its outputs become working files again.
             os.replace(self.final_store, self.work_store)
             (self.out_dir / CELLS_NAME).unlink(missing_ok=True)
-            self.state["finalised"] = False
+        self.marker.unlink(missing_ok=True)
         if not self.work_store.exists():
             self.work.mkdir(parents=True, exist_ok=True)
+            write_json(self.work / "config.json", {"version": STATE_VERSION, **self.config})
             group = zarr.open_group(str(self.work_store), mode="w")
             k = chunk_cells(n_channels, crop_size, dtype)
             _create_array(group, "crops", (0, n_channels, crop_size, crop_size),
@@ -194,26 +230,25 @@ class _WorkState:
             _create_array(group, "masks", (0, crop_size, crop_size), (k, crop_size, crop_size), "uint8")
         group = zarr.open_group(str(self.work_store), mode="a")
         crops, masks = group["crops"], group["masks"]
-        n = self.state["n_cells"]
+        n = self.n_cells
         if crops.shape[0] != n or masks.shape[0] != n:  # drop a half-written image
             crops.resize((n,) + tuple(crops.shape[1:]))
             masks.resize((n,) + tuple(masks.shape[1:]))
         return crops, masks
 
     def commit(self, entry: dict[str, Any], part: pa.Table | None) -> None:
-        """Record one finished image: its part table first, then the state (the commit point)."""
+        """Record one finished image: its part table first, then its log line (the commit point)."""
         if part is not None:
-            path = self.work / "parts" / f"{len(self.state['images']):06d}.parquet"
+            path = self.work / "parts" / f"{len(self.images):06d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 pq.write_table(part, tmp)
             entry["part"] = str(path.relative_to(self.work))
-        self.state["images"].append(entry)
-        self.state["n_cells"] += entry["count"]
-        self.save()
-
-    def save(self) -> None:
-        write_json(self.work / "state.json", self.state)
+        with open(self.log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.images.append(entry)
 
     def write_table(self) -> None:
         """Stream the part tables, in crop order, into ``cells.parquet`` (atomically).
@@ -225,7 +260,7 @@ class _WorkState:
         pending: list[pa.Table] = []
         try:
             with atomic_path(self.out_dir / CELLS_NAME) as tmp:
-                for entry in self.state["images"]:
+                for entry in self.images:
                     if entry.get("part") is None:
                         continue
                     table = pq.read_table(self.work / entry["part"])
@@ -247,12 +282,11 @@ class _WorkState:
         """Write ``cells.parquet``, then move the finished Zarr store into place."""
         import zarr
 
-        if not self.state["finalised"] or not (self.out_dir / CELLS_NAME).exists():
+        if not self.finalised or not (self.out_dir / CELLS_NAME).exists():
             if self.work_store.exists():
                 zarr.open_group(str(self.work_store), mode="a").attrs.update(attrs)
             self.write_table()
-            self.state["finalised"] = True
-            self.save()
+            self.marker.touch()
         if self.work_store.exists():
             with atomic_path(self.final_store) as tmp:
                 os.replace(self.work_store, tmp)
@@ -337,17 +371,13 @@ def extract_cells(
 
     work = _WorkState(out_dir, job.config())
     reason = work.load(fingerprints)
-    if reason is None and set(work.done) - set(fingerprints):
-        reason = "it holds images that are no longer inputs"
-        work = _WorkState(out_dir, job.config())
-        shutil.rmtree(work.work, ignore_errors=True)
     if reason:
         warnings.warn(f"{out_dir / WORK_DIR}: earlier extraction discarded ({reason}); starting again",
                       stacklevel=2)
     todo = [r for r in records if r.image_id not in work.done]
-    if not todo and work.state["finalised"] and (out_dir / CELLS_NAME).exists():
-        work.finalise(job.zarr_attrs(work.state["n_cells"]))  # completes an interrupted final move
-        summary = _summary(work.state, records, job)
+    if not todo and work.finalised and (out_dir / CELLS_NAME).exists():
+        work.finalise(job.zarr_attrs(work.n_cells))  # completes an interrupted final move
+        summary = _summary(work.images, records, job)
         summary.update({"n_images_processed": 0, "n_images_resumed": len(records)})
         return summary
 
@@ -367,10 +397,10 @@ def extract_cells(
     finally:
         if bar is not None:
             bar.close()
-    summary = _summary(work.state, records, job)
-    if work.state["n_cells"] == 0:
+    summary = _summary(work.images, records, job)
+    if work.n_cells == 0:
         raise DataError(_no_cells_message(summary, job.masks_dir))
-    work.finalise(job.zarr_attrs(work.state["n_cells"]))
+    work.finalise(job.zarr_attrs(work.n_cells))
 
     elapsed = time.perf_counter() - started
     summary.update({"n_images_processed": len(todo), "n_images_resumed": len(records) - len(todo),
@@ -388,7 +418,7 @@ def _extract_image(record: ImageRecord, job: _Job, work: _WorkState, crops_array
     image, labels = _read_pair(record, job.masks_dir, len(job.channel_names))
     selection = find_nuclei(labels, settings)
     nuclei = selection.nuclei
-    start = work.state["n_cells"]
+    start = work.n_cells
     rows = describe_nuclei(image, labels, nuclei, job.channel_names, features=job.features,
                            n_shells=job.n_shells)
     if nuclei:
@@ -428,15 +458,14 @@ def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> 
     return pa.table(columns)
 
 
-def _summary(state: dict[str, Any], records: list[ImageRecord], job: _Job) -> dict[str, Any]:
+def _summary(images: list[dict[str, Any]], records: list[ImageRecord], job: _Job) -> dict[str, Any]:
     settings = job.settings
-    images = state["images"]
     per_condition: dict[str, int] = {}
     for entry in images:
         per_condition[entry["condition"]] = per_condition.get(entry["condition"], 0) + entry["count"]
     return {
         "n_images": len(records),
-        "n_cells": state["n_cells"],
+        "n_cells": sum(e["count"] for e in images),
         "cells_per_condition": dict(sorted(per_condition.items())),
         "n_images_empty": sum(e["empty"] for e in images),
         "empty_images": [e["image_id"] for e in images if e["empty"]],

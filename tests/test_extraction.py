@@ -145,8 +145,10 @@ def test_interrupted_run_resumes_without_duplicates(simulated: Path, records: li
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, on_image=stop_after_two, **OPTIONS)
     assert not (run / CELLS_NAME).exists() and not (run / CROPS_NAME).exists()
-    state = json.loads((run / WORK_DIR / "state.json").read_text())
-    assert len(state["images"]) == 2
+    log = run / WORK_DIR / "progress.jsonl"
+    assert len(log.read_text().splitlines()) == 2
+    with open(log, "a") as handle:  # a third line torn by the kill
+        handle.write('{"image_id": "vpa/fie')
     summary = extract_cells(records, simulated / "masks", run, **OPTIONS)
     assert summary["n_images_resumed"] == 2 and summary["n_images_processed"] == len(records) - 2
     _assert_same_cells(run, full_run)
@@ -169,7 +171,9 @@ def test_half_written_image_is_never_counted(simulated: Path, records: list, ful
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, **OPTIONS)
     work = zarr.open_group(str(run / WORK_DIR / CROPS_NAME), mode="r")
-    committed = json.loads((run / WORK_DIR / "state.json").read_text())["n_cells"]
+    log = (run / WORK_DIR / "progress.jsonl").read_text().splitlines()
+    committed = sum(json.loads(line)["count"] for line in log)
+    assert len(log) == 2
     assert work["crops"].shape[0] > committed  # the third image's crops are in the store
     monkeypatch.setattr(_WorkState, "commit", original)
     extract_cells(records, simulated / "masks", run, **OPTIONS)
