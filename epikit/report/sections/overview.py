@@ -39,7 +39,10 @@ def overview(report: ReportContext) -> Markup:
                               ". Channels: ", ", ".join(run.channel_names) or "unknown", "."))
     found = findings(run)
     if found:
-        body.append(paragraph(element("b", "Top finding: "), finding_text(found[0])))
+        trust = found[0].get("trust") if isinstance(found[0], Mapping) else None
+        flags = [str(f) for f in trust.get("flags") or []] if isinstance(trust, Mapping) else []
+        body.append(paragraph(element("b", "Top finding: "), finding_text(found[0]),
+                              f" (flags: {'; '.join(flags)})" if flags else ""))
     return join(body)
 
 
