@@ -349,10 +349,20 @@ def test_segment_command_writes_masks_and_counts(dataset, tmp_path):
     scores = CliRunner().invoke(app, ["eval-segmentation", str(out), str(dataset), "--json", str(json_file)])
     assert scores.exit_code == 0, scores.output
     assert json.loads(json_file.read_text())["overall"]["ap_50"] >= 0.75
-    # A second run reuses the masks instead of segmenting again.
+    # A second run reuses the masks instead of segmenting again ...
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0
     assert pd.read_csv(out / "segmentation.csv")["reused"].all()
+    recorded = json.loads((out / "segmentation.json").read_text())
+    assert recorded["settings"]["params"] == {"sigma": 1.0}
+    assert recorded["provenance"]["distribution"] == "epikit"
+    # ... but not masks made with other settings, unless told to overwrite them.
+    other = [*args[:5], "sigma=2.0", *args[6:]]
+    refused = CliRunner().invoke(app, other)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    replaced = CliRunner().invoke(app, [*other, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not pd.read_csv(out / "segmentation.csv")["reused"].any()
 
 
 def test_segment_images_library_call(dataset, tmp_path):

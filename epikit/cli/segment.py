@@ -20,18 +20,34 @@ def segment_command(
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again even where a mask exists."),
 ) -> None:
-    """Segment nuclei in every image and write one int32 label TIFF per image."""
-    from epikit.io import discover_images, write_csv
-    from epikit.registry import get_segmenter
+    """Segment nuclei in every image and write one int32 label TIFF per image.
+
+    Existing masks in OUT are reused (an interrupted run resumes) only when they were made
+    with the same segmenter and parameters; OUT/segmentation.json records those.
+    """
+    from epikit.errors import ConfigError
+    from epikit.io import discover_images, read_json, write_csv, write_json
+    from epikit.registry import get_entry, get_segmenter
     from epikit.segmentation import segment_images, summarise_counts
 
     names = [name.strip() for name in channels.split(",")] if channels else None
     records = discover_images(input, names, min_conditions=1)
-    model = get_segmenter(segmenter, **parse_params(param))
+    params = parse_params(param)
+    model = get_segmenter(segmenter, **params)
+    settings = {"segmenter": segmenter, "params": params, "nuclear_channel": nuclear_channel}
+    previous = read_json(out / "segmentation.json", default=None)
+    if previous is not None and not overwrite and previous.get("settings") != settings:
+        raise ConfigError(f"{out} holds masks made with {previous.get('settings')}; pass "
+                          "--overwrite to replace them or choose another --out")
     table = segment_images(records, model, out, nuclear_channel=nuclear_channel,
                            skip_existing=not overwrite)
     write_csv(table, out / "segmentation.csv")
     summary = summarise_counts(table)
+    write_json(out / "segmentation.json", {
+        "settings": settings,
+        "provenance": get_entry("segmenter", segmenter).provenance(),
+        "summary": summary,
+    })
     typer.echo(f"{summary['nuclei']} nuclei in {summary['images']} image(s) "
                f"({summary['images_without_nuclei']} without nuclei); masks in {out / 'masks'}")
     for condition, counts in summary["per_condition"].items():

@@ -151,7 +151,7 @@ class CellposeSegmenter:
     def segment(self, image: np.ndarray, nuclear_channel: int = 0) -> np.ndarray:
         """Label the nuclei of ``image[nuclear_channel]``: int32 (Y, X), 0 = background."""
         plane = nuclear_plane(image, nuclear_channel)
-        if plane.size == 0 or float(plane.max()) == float(plane.min()):
+        if float(plane.max()) == float(plane.min()):
             return np.zeros(plane.shape, dtype=np.int32)
         with warnings.catch_warnings():
             # cellpose builds sparse tensors in its mask step; torch warns on each call.
