@@ -396,6 +396,15 @@ def test_escaping_and_safe_names():
     assert all(re.fullmatch(r"[a-z0-9-]+\.png", n) for n in names)
 
 
+def test_figure_text_is_never_mathtext(tmp_path):
+    """A ``$`` in a condition name is drawn as text; as mathtext this one would not parse."""
+    from epikit.report.figures import FigureWriter, counts_per_image
+
+    writer = FigureWriter(tmp_path)
+    src = writer.save(counts_per_image({r"$\frac{$ 5": [3, 4], "ctrl": [5]}), "counts")
+    assert (tmp_path / Path(src).name).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_roc_points_match_the_mann_whitney_auc():
     from scipy.stats import mannwhitneyu
 

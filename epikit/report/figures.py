@@ -1,4 +1,4 @@
-"""Report figures: matplotlib (Agg) plots saved as PNG files with safe names.
+"""Report figures: matplotlib plots (object API, Agg rendering) saved as PNG with safe names.
 
 Every plotting function takes plain arrays / dicts and returns a matplotlib ``Figure``;
 :class:`FigureWriter` saves it under a file name derived from (but never equal to) the
@@ -22,19 +22,28 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
            "#7f7f7f", "#bcbd22", "#17becf")
 
 
-def pyplot() -> Any:
-    """Matplotlib's pyplot on the non-interactive Agg backend (selected on first use)."""
-    import matplotlib
+def subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """A new figure and its axes through matplotlib's object API (``Figure.subplots``).
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    No pyplot and no global backend switch: the figure is rendered by Agg when saved as PNG,
+    whatever backend the caller's session uses, and is freed with its last reference.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*args, **kwargs)
+
+
+def colormap(name: str) -> Any:
+    """A registered matplotlib colormap by name."""
+    from matplotlib import colormaps
+
+    return colormaps[name]
 
 
 def plain(text: Any) -> str:
-    """A user string as literal matplotlib text (``$`` escaped so mathtext stays off)."""
-    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+    """A user string as literal matplotlib text: every ``$`` escaped, so mathtext stays off."""
+    return str(text).replace("$", r"\$")
 
 
 def short(text: Any, width: int = 28) -> str:
@@ -62,17 +71,11 @@ class FigureWriter:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.link_prefix = link_prefix
-        self.written: list[Path] = []
 
     def save(self, figure: Any, *name_parts: Any) -> str:
-        """Write ``figure`` as PNG, close it, and return ``figures/<safe name>``."""
+        """Write ``figure`` as PNG and return its link ``figures/<safe name>``."""
         name = safe_name(*name_parts)
-        path = self.directory / name
-        try:
-            figure.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
-        finally:
-            pyplot().close(figure)
-        self.written.append(path)
+        figure.savefig(self.directory / name, dpi=DPI, bbox_inches="tight", facecolor="white")
         return f"{self.link_prefix}/{name}"
 
 
@@ -99,13 +102,12 @@ def segmentation_overlay(image: np.ndarray, labels: np.ndarray, title: str) -> A
     """The nuclear channel in grey with each label's outline drawn on it."""
     from skimage.segmentation import find_boundaries
 
-    plt = pyplot()
     low, high = display_range(image)
     rgb = np.repeat(_stretch(image, low, high)[..., None], 3, axis=-1)
     rgb[find_boundaries(labels, mode="inner")] = (1.0, 0.85, 0.0)
     height, width = image.shape
     scale = 3.3 / max(height, width)
-    figure, axis = plt.subplots(figsize=(width * scale, height * scale + 0.35))
+    figure, axis = subplots(figsize=(width * scale, height * scale + 0.35))
     axis.imshow(rgb, interpolation="nearest")
     axis.set_title(plain(title), fontsize=9)
     axis.axis("off")
@@ -114,9 +116,8 @@ def segmentation_overlay(image: np.ndarray, labels: np.ndarray, title: str) -> A
 
 def counts_per_image(counts: Mapping[str, Sequence[float]], ylabel: str = "nuclei per image") -> Any:
     """Per condition: each image's count as a dot, with the median as a bar."""
-    plt = pyplot()
     colours = condition_colours(list(counts))
-    figure, axis = plt.subplots(figsize=(1.4 + 1.1 * len(counts), 3.0))
+    figure, axis = subplots(figsize=(1.4 + 1.1 * len(counts), 3.0))
     rng = np.random.default_rng(0)
     for position, (condition, values) in enumerate(counts.items()):
         values = np.asarray(values, dtype=float)
@@ -151,10 +152,9 @@ def mosaic(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = 2) -> np.nda
 def _mosaic_figure(image: np.ndarray, tile: tuple[int, int], row_labels: Mapping[float, str],
                    column_labels: Sequence[str] = (), inches_per_tile: float = 1.1, gap: int = 2) -> Any:
     """One axes showing a mosaic, labelled at row positions (in tiles) and column centres."""
-    plt = pyplot()
     rows = (image.shape[0] + gap) / (tile[0] + gap)
     columns = (image.shape[1] + gap) / (tile[1] + gap)
-    figure, axis = plt.subplots(figsize=(inches_per_tile * columns + 1.3,
+    figure, axis = subplots(figsize=(inches_per_tile * columns + 1.3,
                                          inches_per_tile * rows + (0.3 if column_labels else 0.1)))
     axis.imshow(image, interpolation="nearest")
     axis.set_yticks([(position + 0.5) * (tile[0] + gap) for position in row_labels],
@@ -188,11 +188,10 @@ def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]],
     ``curves`` maps a series label (``fold 0``) to ``{name: values per epoch}`` with names
     such as ``train_loss`` / ``val_loss``; ``best`` marks each label's kept epoch.
     """
-    plt = pyplot()
     bases = sorted({_metric_base(m) for series in curves.values() for m in series},
                    key=lambda b: ("loss" not in b, b))
-    figure, axes = plt.subplots(1, len(bases), squeeze=False, figsize=(3.6 * len(bases), 2.8))
-    cmap = plt.get_cmap("tab10")
+    figure, axes = subplots(1, len(bases), squeeze=False, figsize=(3.6 * len(bases), 2.8))
+    cmap = colormap("tab10")
     for index, (label, series) in enumerate(curves.items()):
         colour = cmap(index % 10)
         for name, values in series.items():
@@ -226,8 +225,7 @@ def _metric_base(name: str) -> str:
 def roc_plot(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
              thin: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Any:
     """ROC curves (label, false-positive rate, true-positive rate, AUC); ``thin`` per fold."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(4.0, 3.8))
+    figure, axis = subplots(figsize=(4.0, 3.8))
     for fpr, tpr in thin:
         axis.plot(fpr, tpr, color="grey", alpha=0.35, lw=0.8)
     for index, (label, fpr, tpr, auc) in enumerate(curves):
@@ -245,12 +243,11 @@ def roc_plot(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]],
 
 def confusion_plot(matrix: np.ndarray, classes: Sequence[str]) -> Any:
     """Counts with row-normalised shading (rows: true condition, columns: predicted)."""
-    plt = pyplot()
     matrix = np.asarray(matrix, dtype=float)
     totals = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
     size = 1.4 + 0.9 * len(classes)
-    figure, axis = plt.subplots(figsize=(size + 0.6, size))
+    figure, axis = subplots(figsize=(size + 0.6, size))
     axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, f"{int(count)}\n{share[row, column]:.0%}", ha="center", va="center",
@@ -278,8 +275,7 @@ def composite(crops: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.nd
 
 def overlay(grey: np.ndarray, map_: np.ndarray, mask: np.ndarray | None, alpha: float = 0.7) -> np.ndarray:
     """A map (H, W) in [0, 1] coloured (inferno) over a grey image, inside ``mask`` only."""
-    plt = pyplot()
-    colour = plt.get_cmap("inferno")(np.clip(map_, 0, 1))[..., :3]
+    colour = colormap("inferno")(np.clip(map_, 0, 1))[..., :3]
     weight = np.full(map_.shape, alpha) if mask is None else np.where(mask, alpha, 0.0)
     return (grey[..., None] * (1 - weight[..., None]) + colour * weight[..., None]).astype(np.float32)
 
@@ -305,15 +301,14 @@ def average_maps(rows: Mapping[str, Mapping[str, tuple[np.ndarray, int]]]) -> An
     ``rows[name][condition] = (average image, number of cells)``; each row shares one colour
     scale so conditions compare directly. NaN (no nucleus there) is drawn white.
     """
-    plt = pyplot()
     conditions = list(next(iter(rows.values())))
-    figure, axes = plt.subplots(len(rows), len(conditions), squeeze=False,
-                                figsize=(2.0 * len(conditions) + 1.6, 2.0 * len(rows) + 0.3))
+    figure, axes = subplots(len(rows), len(conditions), squeeze=False,
+                            figsize=(2.0 * len(conditions) + 1.6, 2.0 * len(rows) + 0.3))
     for r, (name, per_condition) in enumerate(rows.items()):
         finite = [a[np.isfinite(a)] for a, _ in per_condition.values()]
         values = np.concatenate(finite) if finite else np.zeros(1)
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-        cmap = plt.get_cmap("inferno" if name == "map" else "gray").with_extremes(bad="white")
+        cmap = colormap("inferno" if name == "map" else "gray").with_extremes(bad="white")
         shown = None
         for c, condition in enumerate(conditions):
             axis = axes[r, c]
@@ -336,11 +331,10 @@ def shell_profiles(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarra
 
     ``panels[channel][condition] = (mean, low, high, n_images)`` over shells 1..K.
     """
-    plt = pyplot()
     conditions = sorted({c for panel in panels.values() for c in panel})
     colours = condition_colours(conditions)
-    figure, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
-                                figsize=(3.0 * len(panels) + 0.6, 2.9))
+    figure, axes = subplots(1, len(panels), squeeze=False, sharey=True,
+                            figsize=(3.0 * len(panels) + 0.6, 2.9))
     for axis, (channel, profiles) in zip(axes[0], panels.items()):
         for condition, (mean, low, high, count) in profiles.items():
             shells = np.arange(1, len(mean) + 1)
@@ -360,11 +354,10 @@ def shell_profiles(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarra
 
 def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
     """Grouped bars: per condition, the drop in target probability when a channel is occluded."""
-    plt = pyplot()
     conditions = list(attribution)
     channels = sorted({ch for values in attribution.values() for ch in values})
     colours = condition_colours(conditions)
-    figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(channels) * max(1, len(conditions)) / 2, 2.9))
+    figure, axis = subplots(figsize=(1.2 + 0.9 * len(channels) * max(1, len(conditions)) / 2, 2.9))
     width = 0.8 / max(1, len(conditions))
     for index, condition in enumerate(conditions):
         values = [float(attribution[condition].get(ch, np.nan)) for ch in channels]
@@ -380,8 +373,7 @@ def attribution_plot(attribution: Mapping[str, Mapping[str, float]]) -> Any:
 
 def faithfulness_plot(curves: Mapping[str, Mapping[str, Any]]) -> Any:
     """Deletion and insertion curves per explainer (solid) against a random order (dashed)."""
-    plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(7.6, 2.9), sharey=True)
+    figure, axes = subplots(1, 2, figsize=(7.6, 2.9), sharey=True)
     for index, (method, values) in enumerate(curves.items()):
         fractions = np.asarray(values["fractions"], dtype=float)
         colour = PALETTE[index % len(PALETTE)]

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 _TAG_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 _ATTR_NAME = re.compile(r"^[a-z][a-z0-9_:-]*$")
 
@@ -92,9 +94,9 @@ def element(tag: str, *children: Any, **attrs: Any) -> Markup:
     return Markup(f"<{opening}>{join(children, '')}</{tag}>")
 
 
-def paragraph(*children: Any, class_: str | None = None) -> Markup:
+def paragraph(*children: Any) -> Markup:
     """A ``<p>`` element."""
-    return element("p", *children, class_=class_)
+    return element("p", *children)
 
 
 def note(text: Any) -> Markup:
@@ -107,28 +109,28 @@ def warning(text: Any) -> Markup:
     return element("div", text, class_="warning")
 
 
-def image(src: str, alt: Any, caption: Any = None, width: int | None = None) -> Markup:
+def image(src: str, alt: Any, caption: Any = None) -> Markup:
     """A figure with a relative PNG link (``src`` is URL-quoted) and an optional caption."""
-    img = element("img", src=quote(src), alt=alt, title=alt,
-                  style=f"width:{width}px" if width else None)
+    img = element("img", src=quote(src), alt=alt, title=alt)
     return element("figure", img, element("figcaption", caption) if caption is not None else "")
 
 
 def format_value(value: Any, digits: int = 3) -> str:
     """Numbers to short strings (small p-values in scientific notation), others to ``str``."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
-        return str(int(value))
-    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"):
-        number = float(value)
-        if math.isnan(number):
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
             return ""
-        if number != 0 and abs(number) < 10 ** -(digits - 1):
-            return f"{number:.2e}"
-        return f"{number:.{digits}f}".rstrip("0").rstrip(".") if abs(number) < 1e6 else f"{number:.3e}"
+        if value != 0 and abs(value) < 10 ** -(digits - 1):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.3e}"
     if isinstance(value, (list, tuple)):
         return ", ".join(format_value(v, digits) for v in value)
     if isinstance(value, Mapping):
@@ -137,8 +139,9 @@ def format_value(value: Any, digits: int = 3) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) or (
-        hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iuf")
+    if isinstance(value, np.generic):
+        value = value.item()
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def table(columns: Sequence[Any], rows: Iterable[Sequence[Any]],

@@ -24,7 +24,7 @@ def _image_table(run: RunFolder) -> tuple[Any, str] | None:
 
     table_ = run.segmentation
     if table_ is not None and "condition" in table_:
-        count = next((c for c in ("nuclei", "n_nuclei", "count", "cells") if c in table_), None)
+        count = next((c for c in ("n_nuclei", "nuclei") if c in table_), None)
         if count is not None:
             frame = table_.rename(columns={count: "count"})
             return frame, "nuclei segmented"
@@ -65,15 +65,22 @@ def segmentation_section(report: ReportContext) -> Markup:
     return join(body)
 
 
+def _nuclear_channel(run: RunFolder) -> int | str:
+    """The segment stage's nuclear channel (index or name) from the manifest; default 0."""
+    parameters = run.manifest.get("parameters")
+    segment = parameters.get("segment") if isinstance(parameters, Mapping) else None
+    return segment.get("nuclear_channel", 0) if isinstance(segment, Mapping) else 0
+
+
 def _overlays(report: ReportContext, frame: Any) -> list[Markup]:
-    from epikit.errors import InputError
+    """Label outlines over the nuclear channel of a few fields per condition."""
+    from epikit.errors import EpikitError
     from epikit.io import read_image, read_labels
+    from epikit.segmentation import resolve_channel
 
     run = report.run
     if "path" not in frame:
         return [unavailable("Segmentation overlays", "the image path column")]
-    parameters = run.manifest.get("parameters") or {}
-    nuclear = int(((parameters.get("segment") or {}) if isinstance(parameters, Mapping) else {}).get("nuclear_channel", 0))
     shown: list[Markup] = []
     for condition in sorted(frame["condition"].unique()):
         subset = frame[frame["condition"] == condition].sort_values("path")
@@ -84,12 +91,12 @@ def _overlays(report: ReportContext, frame: Any) -> list[Markup]:
                 shown.append(note(f"No mask for {path} ({mask.relative_to(run.path)} missing)."))
                 continue
             try:
-                pixels = read_image(path).array
-            except InputError as error:
-                shown.append(note(f"Input image not readable for the overlay: {error}"))
+                pixels = read_image(path)
+                channel = pixels.array[resolve_channel(_nuclear_channel(run), pixels.channel_names)]
+            except EpikitError as error:
+                shown.append(note(f"No overlay for {path}: {error}"))
                 continue
             labels = read_labels(mask)
-            channel = pixels[min(nuclear, pixels.shape[0] - 1)]
             title = f"{condition}: {mask.stem} ({int(len(np.unique(labels)) - (labels == 0).any())} nuclei)"
             src = report.figures.save(fig.segmentation_overlay(channel, labels, title), "overlay", path)
             shown.append(image(src, f"segmentation of {path}", title))
