@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -91,8 +93,7 @@ def test_dataset_layout_metadata_and_manifest(tmp_path):
     out = simulate_dataset(tmp_path / "sim", n_fields=4, seed=1, fields_per_group=2, **SMALL)
     with tifffile.TiffFile(out / "images/vpa/field_001.tif") as tif:
         image = tif.asarray()
-        names = [c.attrib["Name"] for c in tif.ome_metadata and __import__("xml.etree.ElementTree", fromlist=["x"])
-                 .fromstring(tif.ome_metadata).iter() if c.tag.endswith("Channel")]
+        names = [c.attrib["Name"] for c in ElementTree.fromstring(tif.ome_metadata).iter() if c.tag.endswith("Channel")]
     assert image.dtype == np.uint16 and image.shape == (3, 128, 128)
     assert names == list(CHANNEL_NAMES)
     labels = tifffile.imread(out / "masks/vpa/field_001.tif")
@@ -102,7 +103,7 @@ def test_dataset_layout_metadata_and_manifest(tmp_path):
     assert [r["path"] for r in rows][:2] == ["images/ctrl/field_000.tif", "images/ctrl/field_001.tif"]
     assert {r["group"] for r in rows if r["condition"] == "vpa"} == {"vpa/well_00", "vpa/well_01"}
     assert all((out / r["path"]).is_file() for r in rows)
-    info = __import__("json").loads((out / "simulation.json").read_text())
+    info = json.loads((out / "simulation.json").read_text())
     assert info["effect"]["type"] == "periphery" and info["parameters"]["psf_sigma"] == 1.2
     assert sum(f["nuclei"] for f in info["fields"]) > 0
 
@@ -289,7 +290,7 @@ def test_cli_writes_a_dataset(tmp_path):
                                       "--radius", "8-10", "--seed", "4", "--effect-size", "0.8",
                                       "-p", "mitotic_fraction=0.2"])
     assert result.exit_code == 0, result.output
-    info = __import__("json").loads((out / "simulation.json").read_text())
+    info = json.loads((out / "simulation.json").read_text())
     assert info["effect"]["size"] == 0.8 and info["parameters"]["mitotic_fraction"] == 0.2
     assert info["parameters"]["n_nuclei"] == [2, 3]
     assert (out / "masks/vpa/field_000.tif").is_file()

@@ -400,7 +400,6 @@ def simulate_field(
     shapes = sample_shapes(rng, wanted, radius_range, aspect_range, irregularity, mitotic_fraction)
     nuclei = place_nuclei(rng, shapes, size, clump, squeeze)
     owner, rho = rasterise(nuclei, size)
-    inside = owner > 0
     n = len(nuclei)
 
     # 2. Noise-free signal per channel (relative units; Hoechst plateau ~ 1).
