@@ -57,14 +57,21 @@ class RunContext:
 
 
 def _stage_segment(ctx: RunContext) -> dict[str, Any]:
+    from epikit.io import update_metrics, write_csv
     from epikit.registry import get_segmenter
-    from epikit.segmentation import segment_images
+    from epikit.segmentation import segment_images, summarise_counts
 
     options = ctx.config["segment"]
     segmenter = get_segmenter(options["segmenter"], **options["params"])
     table = segment_images(ctx.records, segmenter, ctx.run_dir,
                            nuclear_channel=options["nuclear_channel"], progress=ctx.progress)
-    return {"images": len(table), "nuclei": int(table["nuclei"].sum())}
+    write_csv(table, ctx.run_dir / "segmentation.csv")
+    summary = summarise_counts(table)
+    weights = getattr(segmenter, "weights_info", None)
+    if weights:
+        summary["weights"] = weights
+    update_metrics(ctx.run_dir, "segmentation", summary)
+    return summary
 
 
 def _stage_extract(ctx: RunContext) -> dict[str, Any]:
