@@ -93,7 +93,10 @@ def _resnet18_backbone(in_channels: int, pretrained: Any, stem_pool: str) -> nn.
             raise ModelError("pretrained weights lack 'conv1.weight': not a torchvision ResNet-18")
         state["conv1.weight"] = _adapt_conv1(state["conv1.weight"], in_channels)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise ModelError(f"pretrained weights do not fit torchvision ResNet-18: {error}") from error
         missing = [key for key in missing if not key.startswith("fc.")]
         if missing or unexpected:
             raise ModelError(

@@ -1,0 +1,58 @@
+"""``epikit train``: cross-validate a classifier on a run folder's cells, per view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from epikit.cli import command, parse_params
+
+
+def _score(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@command("train")
+def train_command(
+    run_dir: Path = typer.Argument(..., help="Run folder with cells.parquet and crops.zarr (from `epikit extract`)."),
+    classifier: str = typer.Option("resnet10", "--classifier", "-c", help="Registered classifier (see `epikit plugins`)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Classifier parameter key=value (repeatable), e.g. -p pooling=avg."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds (hold-out: 1/K of the groups is the test set)."),
+    split: str = typer.Option("group", "--split", help="group (no field in train and test), holdout (one grouped fold), cell (the study's random cell split; leaks)."),
+    view: Optional[str] = typer.Option(None, "--view", help="Channels to train on: all, a channel name, or names joined by '+'."),
+    views: Optional[str] = typer.Option(None, "--views", help="Several views, comma-separated (e.g. all,H3K27ac,CTCF,Hoechst): one model set each."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs per fold (early stopping may end sooner)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per training step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw (default) or adam (the study's, with --lr 1e-5)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation loss."),
+    seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train with grouped cross-validation; write model/, predictions in cells.parquet, metrics.json."""
+    from epikit.errors import ConfigError
+    from epikit.training import train_run
+
+    if view and views:
+        raise ConfigError("give either --view or --views, not both")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+             "patience": patience}
+    options = {key: value for key, value in given.items() if value is not None}
+    metrics = train_run(run_dir, classifier, parse_params(param), views=views or view,
+                        split=split, folds=folds, device=device, seed=seed,
+                        progress=not quiet, **options)
+    for name, result in (metrics.get("views") or {metrics["view"]: metrics}).items():
+        spread = result["std"].get("balanced_accuracy")
+        typer.echo(
+            f"{name}: balanced accuracy {_score(result['balanced_accuracy'])}"
+            f" (folds {_score(result['mean'].get('balanced_accuracy'))} +/- {_score(spread)}), "
+            f"ROC AUC {_score(result['roc_auc'])}, image-level (mean probability) "
+            f"{_score(result['image_level']['mean_probability_accuracy'])} "
+            f"[{result['split']} split, {len(result['folds'])} fold(s), {result['n_cells']} cells]"
+        )
+    for warning in metrics["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"models in {Path(run_dir) / 'model'}, predictions in {Path(run_dir) / 'cells.parquet'}")
