@@ -91,7 +91,9 @@ def test_one_crop_per_nucleus_that_does_not_touch_the_border(simulated: Path, re
         assert row.cell_id == f"{row.image_id}#{row.label}" and row.condition == row.image_id.split("/")[0]
     assert crops.shape == (len(table), 3, 32, 32) and crops.dtype == np.float16
     assert masks.shape == (len(table), 32, 32) and masks.dtype == np.uint8
-    assert masks.reshape(len(masks), -1).any(axis=1).all()
+    # Crop i shows row i's nucleus: its mask area is the nucleus area times the scale squared.
+    ratio = masks.reshape(len(masks), -1).sum(axis=1) / (table["area"] * table["crop_scale"] ** 2)
+    assert ratio.between(0.9, 1.1).all()
     np.testing.assert_array_equal(table["crop_index"], np.arange(len(table)))
     assert not (crops * (masks[:, None] == 0)).any()  # zero outside the nucleus
 
