@@ -40,7 +40,11 @@ __all__ = [
 ]
 
 # Heavy public names, imported on first access so `import epikit` stays light.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "CellDataset": "epikit.dataset:CellDataset",
+    "run_pipeline": "epikit.pipeline:run_pipeline",
+    "simulate_dataset": "epikit.simulate:simulate_dataset",
+}
 
 
 def __getattr__(name: str) -> Any:
