@@ -39,6 +39,7 @@ th, td { border: 1px solid #d8dee5; padding: 3px 8px; text-align: left; vertical
 th { background: #eef2f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.significant td { background: #fff6d9; }
+tr.disagrees td { background: #fff1e6; }
 figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #e3e8ee; }
 figcaption { font-size: 12px; color: #4a5562; max-width: 640px; }
