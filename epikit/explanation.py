@@ -30,12 +30,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from epikit.distributed import Executor
 
 CELL_SELECTIONS: tuple[str, ...] = ("correct", "misclassified", "all")
 MAPS_NAME = "maps.zarr"
@@ -157,13 +161,100 @@ def explain_cells(
             if maps is None:
                 maps = np.empty((n, *result.shape[1:]), dtype=np.float32)
             maps[part] = result.detach().cpu().numpy()
-            for key, value in (getattr(explainer, "info", None) or {}).items():
-                if key.endswith("_maps"):  # counts add up over chunks
-                    info[key] = info.get(key, 0) + int(value)
-                else:
-                    info[key] = value
+            _merge_info(info, getattr(explainer, "info", None) or {})
             if progress is not None:
                 progress.update(len(part))
+    assert maps is not None
+    return maps, info
+
+
+def _merge_info(info: dict[str, Any], chunk_info: dict[str, Any]) -> None:
+    """Fold one chunk's explainer ``info`` into ``info``: ``*_maps`` counts add up, the rest is kept."""
+    for key, value in chunk_info.items():
+        if key.endswith("_maps"):
+            info[key] = info.get(key, 0) + int(value)
+        else:
+            info[key] = value
+
+
+def _stamp(run_dir: Path) -> tuple[Any, ...]:
+    """What identifies a run folder's models and crops: file names, sizes and times."""
+    files = sorted((run_dir / "model").glob("*.pt")) + [run_dir / "cells.parquet", run_dir / "crops.zarr"]
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
+
+
+@process_cache
+def _worker_models(run_dir: Path, view: str, device: Any, stamp: tuple[Any, ...]) -> dict[int, Any]:
+    """Fold models of a view, loaded once per worker process (``stamp`` renews them after retraining)."""
+    from epikit.training import load_fold_models
+
+    return load_fold_models(run_dir, view=view, device=device)
+
+
+@process_cache
+def _worker_dataset(run_dir: Path, channels: tuple[str, ...], stamp: tuple[Any, ...]) -> Any:
+    """A view's crop reader, opened once per worker process."""
+    from epikit.dataset import CellDataset
+
+    return CellDataset(run_dir, channels=list(channels))
+
+
+def explain_chunk(task: tuple[int, int, np.ndarray, np.ndarray], run_dir: Path, view: str,
+                  channels: tuple[str, ...], explainer: PluginSpec, device: Any, stamp: tuple[Any, ...],
+                  out_dir: Path) -> dict[str, Any]:
+    """Explain one chunk ``(fold, start, dataset rows, targets)`` on a worker; write its maps.
+
+    The maps go to ``out_dir/<fold>-<start>.npy`` (atomically); the fold models, the crop
+    reader and the explainer are built once per worker process. Returns the file and the
+    explainer's ``info``.
+    """
+    import torch
+
+    from epikit.io.store import atomic_path
+
+    fold, start, rows, targets = task
+    models = _worker_models(run_dir, view, device, stamp)
+    if fold not in models:
+        raise DataError(f"no model for fold {fold}: model/ and cells.parquet disagree; re-run training")
+    method = resolve_plugin(explainer)
+    crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, channels, stamp).load_crops(rows),
+                                       dtype=np.float32))
+    result = method.explain(models[fold], crops, torch.as_tensor(targets))
+    path = out_dir / f"{fold}-{start}.npy"
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, result.detach().cpu().numpy())
+    return {"path": str(path), "info": dict(getattr(method, "info", None) or {})}
+
+
+def _explain_on(executor: Executor, run_dir: Path, view: str, channels: Sequence[str], rows: np.ndarray,
+                folds: np.ndarray, targets: np.ndarray, explainer: PluginSpec, chunk: int, progress: Any,
+                device: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`explain_cells` on ``executor``'s workers: the same chunks, maps and ``info``."""
+    import shutil
+
+    tasks, parts = [], {}
+    for fold in sorted(set(int(f) for f in folds)):
+        positions = np.flatnonzero(folds == fold)
+        for start in range(0, len(positions), chunk):
+            part = positions[start:start + chunk]
+            tasks.append((fold, start, rows[part], targets[part]))
+            parts[fold, start] = part
+    out_dir = (run_dir / ".epikit" / "explain" / view).absolute()
+    shared = (run_dir.absolute(), view, tuple(channels), explainer, device, _stamp(run_dir), out_dir)
+    maps: np.ndarray | None = None
+    info: dict[str, Any] = {}
+    results = executor.map_unordered(explain_chunk, tasks, shared=shared,
+                                     label=lambda t: f"{run_dir} view {view} fold {t[0]} chunk {t[1]}")
+    for (fold, start, *_), result in results:
+        part = parts[fold, start]
+        block = np.load(result["path"])
+        if maps is None:
+            maps = np.empty((len(folds), *block.shape[1:]), dtype=np.float32)
+        maps[part] = block
+        _merge_info(info, result["info"])
+        if progress is not None:
+            progress.update(len(part))
+    shutil.rmtree(out_dir, ignore_errors=True)
     assert maps is not None
     return maps, info
 
@@ -182,6 +273,7 @@ def explain_run(
     average: bool = True,
     progress: bool = True,
     device: Any = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Explain a run folder's out-of-fold test cells and write ``maps.zarr``.
 
@@ -190,7 +282,9 @@ def explain_run(
     ``"predicted"`` or a class name. ``views``: trained views to explain (default all).
     ``average``: also store aligned average maps per condition. Returns (and writes to
     ``metrics.json["explanation"]``) a summary: cells per view and condition, seconds,
-    explainer details.
+    explainer details. ``executor`` (see :func:`epikit.distributed.get_executor`; default:
+    this process) explains the cell chunks in parallel, each worker loading the fold models
+    and the explainer once; the maps are the same.
     """
     from epikit.dataset import CellDataset
     from epikit.io.store import update_metrics
@@ -222,12 +316,16 @@ def explain_run(
             classes = list(info["classes"])
             targets = target_indices(table, rows, target, classes, prefix)
             view_data = CellDataset(run_dir, channels=info["channels"])
-            models = load_fold_models(run_dir, view=view, device=device)
             folds = table["fold"].to_numpy(np.int64)[rows]
-            maps, run_info = explain_cells(
-                models, lambda positions: view_data.load_crops(rows[positions]), folds, targets,
-                method, chunk=chunk, progress=bar,
-            )
+            if executor is None or executor.in_process:
+                models = load_fold_models(run_dir, view=view, device=device)
+                maps, run_info = explain_cells(
+                    models, lambda positions: view_data.load_crops(rows[positions]), folds, targets,
+                    method, chunk=chunk, progress=bar,
+                )
+            else:
+                maps, run_info = _explain_on(executor, run_dir, view, info["channels"], rows, folds, targets,
+                                             PluginSpec("explainer", explainer, params), chunk, bar, device)
             attrs = {
                 "view": view,
                 "views": list(wanted),

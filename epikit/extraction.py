@@ -26,6 +26,7 @@ input files start afresh.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,9 +34,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,9 +63,14 @@ from epikit.io import (
     write_json,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from epikit.distributed import Executor
+
 CROPS_NAME = "crops.zarr"
 CELLS_NAME = "cells.parquet"
 WORK_DIR = Path(".epikit") / "extract"
+#: Under WORK_DIR: per-image part folders written by workers, removed once committed.
+PENDING_DIR = "pending"
 STATE_VERSION = 1
 #: Target size of one Zarr chunk; chunks hold 1 to :data:`MAX_CHUNK_CELLS` cells.
 CHUNK_BYTES = 512 * 1024
@@ -338,6 +344,7 @@ def extract_cells(
     dtype: str | None = None,
     progress: bool = False,
     on_image: Callable[[ImageRecord, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Extract every nucleus of ``records`` into ``out_dir/crops.zarr`` and ``cells.parquet``.
 
@@ -348,6 +355,12 @@ def extract_cells(
     ``dtype`` of the stored crops defaults to float16, float32 with ``normalise="none"`` (raw
     intensities above 2048 are not exact in float16). ``on_image(record, n_cells)`` is called
     after each image is committed; ``progress`` shows a progress bar on stderr.
+
+    ``executor`` (see :func:`epikit.distributed.get_executor`; default: this process) extracts
+    images in parallel: each worker writes its image's crops into its own part folder under
+    ``OUT/.epikit/extract/pending/`` and returns the table rows; this process copies the crops
+    into the store and commits images in input order, so the outputs are identical to an
+    in-process run and an interrupted run resumes the same way.
 
     Returns the summary also stored as ``metrics.json["extraction"]`` (left untouched when
     everything was already done). Warns when nuclei are clipped (``scale="native"`` with
@@ -386,9 +399,8 @@ def extract_cells(
     bar = _progress_bar(len(records), len(records) - len(todo)) if progress else None
     try:
         with _single_torch_thread():
-            for record in todo:
-                count = _extract_image(record, job, work, crops_array, masks_array,
-                                       fingerprints[record.image_id])
+            for record, count in _extract_all(todo, job, work, crops_array, masks_array, fingerprints,
+                                              executor):
                 processed_cells += count
                 if bar is not None:
                     bar.update(1)
@@ -411,36 +423,137 @@ def extract_cells(
     return summary
 
 
+def _extract_all(todo: list[ImageRecord], job: _Job, work: _WorkState, crops_array: Any, masks_array: Any,
+                 fingerprints: dict[str, list[Any]], executor: Executor | None) -> Iterator[tuple[ImageRecord, int]]:
+    """Extract and commit ``todo`` in input order, here or on ``executor``; yield ``(record, cells)``."""
+    if executor is None or executor.in_process:
+        for record in todo:
+            yield record, _extract_image(record, job, work, crops_array, masks_array,
+                                         fingerprints[record.image_id])
+        return
+    from epikit.distributed import for_workers
+
+    pending = work.work / PENDING_DIR
+    originals = {record.image_id: record for record in todo}
+    shared = (replace(job, masks_dir=Path(os.path.abspath(job.masks_dir))), Path(os.path.abspath(pending)),
+              crops_array.chunks[0])
+    parts = executor.map(extract_part, [for_workers(r) for r in todo], shared=shared, label=lambda r: str(r.path))
+    for sent, part in parts:
+        record = originals[sent.image_id]
+        yield record, _commit_part(record, part, job, work, crops_array, masks_array,
+                                   fingerprints[record.image_id])
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def _batches(n: int, chunk: int, n_channels: int, crop_size: int) -> list[tuple[int, int]]:
+    """Image-relative ``(a, b)`` ranges of nuclei cropped together: whole chunks, at most
+    :data:`BATCH_BYTES` of float32 crops each.
+
+    The edges depend only on the image (never on how many cells came before it), so an
+    image's crops are the same bits wherever and in whichever process it is extracted
+    (resampling a batch pads to the batch's largest patch, which moves the last bits).
+    """
+    cell_bytes = 4 * n_channels * crop_size**2
+    batch = chunk * max(1, BATCH_BYTES // (chunk * cell_bytes))
+    edges = [*range(0, n, batch), n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _crop_batches(image: np.ndarray, labels: np.ndarray, nuclei: list[Any], job: _Job,
+                  chunk: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Crops (in the stored dtype) and masks of ``nuclei``, one batch at a time: ``(a, b, crops, masks)``."""
+    settings = job.settings
+    image_range = intensity_range(image, settings.percentiles) if settings.normalise == "image" else None
+    for a, b in _batches(len(nuclei), chunk, len(job.channel_names), settings.crop_size):
+        crops, masks = crop_nuclei(image, labels, nuclei[a:b], settings, image_range)
+        yield a, b, crops.astype(job.dtype), masks
+
+
+def _entry(record: ImageRecord, fingerprint: list[Any], start: int, count: int, skipped: dict[str, int],
+           clipped: int, empty: bool) -> dict[str, Any]:
+    """The progress-log line of one finished image."""
+    return {"image_id": record.image_id, "condition": record.condition, "fingerprint": fingerprint,
+            "part": None, "start": start, "count": count, "skipped": skipped, "clipped": clipped,
+            "empty": empty}
+
+
 def _extract_image(record: ImageRecord, job: _Job, work: _WorkState, crops_array: Any, masks_array: Any,
                    fingerprint: list[Any]) -> int:
     """Extract one image into the working store and commit it; return its number of cells."""
-    settings = job.settings
     image, labels = _read_pair(record, job.masks_dir, len(job.channel_names))
-    selection = find_nuclei(labels, settings)
+    selection = find_nuclei(labels, job.settings)
     nuclei = selection.nuclei
     start = work.n_cells
     rows = describe_nuclei(image, labels, nuclei, job.channel_names, features=job.features,
                            n_shells=job.n_shells)
     if nuclei:
-        crops_array.resize((start + len(nuclei),) + tuple(crops_array.shape[1:]))
-        masks_array.resize((start + len(nuclei),) + tuple(masks_array.shape[1:]))
-        image_range = intensity_range(image, settings.percentiles) if settings.normalise == "image" else None
-        # Batches of whole chunks (at most BATCH_BYTES of float32 crops) ending on chunk
-        # boundaries: each chunk is written whole (except the image's last) in few requests.
-        chunk = crops_array.chunks[0]
-        cell_bytes = 4 * len(job.channel_names) * settings.crop_size**2
-        batch = chunk * max(1, BATCH_BYTES // (chunk * cell_bytes))
-        first = (-start) % chunk or batch  # first complete a chunk the previous image began
-        edges = [0, *range(first, len(nuclei), batch), len(nuclei)]
-        for a, b in zip(edges[:-1], edges[1:]):
-            crops, masks = crop_nuclei(image, labels, nuclei[a:b], settings, image_range)
-            crops_array[start + a:start + b] = crops.astype(job.dtype)
+        _grow(crops_array, masks_array, start + len(nuclei))
+        for a, b, crops, masks in _crop_batches(image, labels, nuclei, job, crops_array.chunks[0]):
+            crops_array[start + a:start + b] = crops
             masks_array[start + a:start + b] = masks
     part = _part_table(record, rows, start) if rows else None
-    work.commit({"image_id": record.image_id, "condition": record.condition, "fingerprint": fingerprint,
-                 "part": None, "start": start, "count": len(nuclei), "skipped": selection.skipped,
-                 "clipped": selection.clipped, "empty": not bool(labels.any())}, part)
+    work.commit(_entry(record, fingerprint, start, len(nuclei), selection.skipped, selection.clipped,
+                       not bool(labels.any())), part)
     return len(nuclei)
+
+
+def _grow(crops_array: Any, masks_array: Any, n: int) -> None:
+    crops_array.resize((n,) + tuple(crops_array.shape[1:]))
+    masks_array.resize((n,) + tuple(masks_array.shape[1:]))
+
+
+def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) -> dict[str, Any]:
+    """Extract one image into its own part folder; the unit of work on a Dask worker.
+
+    Writes ``pending_dir/<digest>/crops.npy`` and ``masks.npy`` (atomically, a folder no
+    other task writes) and returns the small rest: the image's table rows and counts. The
+    driver copies the crops into the working store and commits the image
+    (:func:`_commit_part`), so the progress log is only ever written by the driver.
+    """
+    image, labels = _read_pair(record, job.masks_dir, len(job.channel_names))
+    selection = find_nuclei(labels, job.settings)
+    nuclei = selection.nuclei
+    rows = describe_nuclei(image, labels, nuclei, job.channel_names, features=job.features,
+                           n_shells=job.n_shells)
+    folder = None
+    if nuclei:
+        folder = pending_dir / hashlib.sha1(record.image_id.encode()).hexdigest()[:16]
+        size = job.settings.crop_size
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            crops_out = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=job.dtype,
+                                                  shape=(len(nuclei), len(job.channel_names), size, size))
+            masks_out = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                                  shape=(len(nuclei), size, size))
+            for a, b, crops, masks in _crop_batches(image, labels, nuclei, job, chunk):
+                crops_out[a:b] = crops
+                masks_out[a:b] = masks
+            crops_out.flush()
+            masks_out.flush()
+            del crops_out, masks_out
+    return {"rows": rows, "folder": str(folder) if folder else None, "count": len(nuclei),
+            "skipped": selection.skipped, "clipped": selection.clipped, "empty": not bool(labels.any())}
+
+
+def _commit_part(record: ImageRecord, part: dict[str, Any], job: _Job, work: _WorkState, crops_array: Any,
+                 masks_array: Any, fingerprint: list[Any]) -> int:
+    """Copy one worker-extracted image into the working store, commit it, drop its part folder."""
+    start, count = work.n_cells, part["count"]
+    if count:
+        folder = Path(part["folder"])
+        crops = np.load(folder / "crops.npy", mmap_mode="r")
+        masks = np.load(folder / "masks.npy", mmap_mode="r")
+        _grow(crops_array, masks_array, start + count)
+        for a, b in _batches(count, crops_array.chunks[0], len(job.channel_names), job.settings.crop_size):
+            crops_array[start + a:start + b] = np.asarray(crops[a:b])
+            masks_array[start + a:start + b] = np.asarray(masks[a:b])
+        del crops, masks
+    rows = part["rows"]
+    work.commit(_entry(record, fingerprint, start, count, part["skipped"], part["clipped"], part["empty"]),
+                _part_table(record, rows, start) if rows else None)
+    if part["folder"]:
+        shutil.rmtree(part["folder"], ignore_errors=True)
+    return count
 
 
 def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> pa.Table:

@@ -18,13 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from epikit.config import PLUGIN_STAGES, STAGES, dump_config, section_hash
 from epikit.errors import ConfigError
 from epikit.io import find_images, read_json, sha256_file, write_json
 from epikit.io.discover import ImageRecord, SkippedFile
 from epikit.io.store import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from epikit.distributed import Executor
 
 STATE_FILE = Path(".epikit") / "stages.json"
 DEMO_INPUT = "demo_input"
@@ -49,6 +52,8 @@ class RunContext:
     records: list[ImageRecord]
     skipped: list[SkippedFile]
     progress: bool = True
+    #: Where per-image and per-chunk work runs (None: this process); see epikit.distributed.
+    executor: Executor | None = None
 
     @property
     def masks_dir(self) -> Path:
@@ -57,14 +62,16 @@ class RunContext:
 
 
 def _stage_segment(ctx: RunContext) -> dict[str, Any]:
+    from epikit.distributed import PluginSpec
     from epikit.io import update_metrics, write_csv
-    from epikit.registry import get_segmenter
     from epikit.segmentation import segment_images, summarise_counts
 
     options = ctx.config["segment"]
-    segmenter = get_segmenter(options["segmenter"], **options["params"])
-    table = segment_images(ctx.records, segmenter, ctx.run_dir,
-                           nuclear_channel=options["nuclear_channel"], progress=ctx.progress)
+    # By name and parameters: workers build it themselves, once each (here: built once, cached).
+    spec = PluginSpec("segmenter", options["segmenter"], options["params"])
+    segmenter = spec.build()
+    table = segment_images(ctx.records, spec, ctx.run_dir, nuclear_channel=options["nuclear_channel"],
+                           progress=ctx.progress, executor=ctx.executor)
     write_csv(table, ctx.run_dir / "segmentation.csv")
     summary = summarise_counts(table)
     weights = getattr(segmenter, "weights_info", None)
@@ -78,7 +85,8 @@ def _stage_extract(ctx: RunContext) -> dict[str, Any]:
     from epikit.extraction import extract_cells
 
     options = dict(ctx.config["extract"])
-    return extract_cells(ctx.records, ctx.masks_dir, ctx.run_dir, progress=ctx.progress, **options)
+    return extract_cells(ctx.records, ctx.masks_dir, ctx.run_dir, progress=ctx.progress,
+                         executor=ctx.executor, **options)
 
 
 def _stage_train(ctx: RunContext) -> dict[str, Any]:
@@ -96,7 +104,7 @@ def _stage_explain(ctx: RunContext) -> dict[str, Any]:
     options = dict(ctx.config["explain"])
     params = options.pop("params")
     return explain_run(ctx.run_dir, seed=ctx.config["seed"], params=params,
-                       progress=ctx.progress, **options)
+                       progress=ctx.progress, executor=ctx.executor, **options)
 
 
 def _stage_biomarkers(ctx: RunContext) -> dict[str, Any]:
@@ -189,10 +197,14 @@ def run_pipeline(
     force: bool = False,
     progress: bool = True,
     stop_after: str | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` into ``run_dir``; return the manifest written.
 
     ``stop_after`` ends the run after the named stage (later stages keep their state).
+    ``executor`` runs segmentation, extraction and explanation on Dask workers (see
+    :func:`epikit.distributed.get_executor`); training stays in this process. The outputs
+    do not depend on it, so it is not part of the stage fingerprints.
     """
     run_dir = Path(run_dir)
     if stop_after is not None and stop_after not in STAGES:
@@ -211,7 +223,7 @@ def run_pipeline(
     inputs = [{"path": str(r.path), "condition": r.condition, "group": r.group,
                "sha256": sha256_file(r.path)} for r in records]
     (run_dir / "config.toml").write_text(dump_config(config), encoding="utf-8")
-    ctx = RunContext(run_dir, config, records, skipped, progress)
+    ctx = RunContext(run_dir, config, records, skipped, progress, executor)
 
     upstream = section_hash([(i["path"], i["condition"], i["group"], i["sha256"]) for i in inputs],
                             config["channels"], config["seed"])

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from epikit.errors import ConfigError, InputError, ModelError
+from epikit.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from epikit.distributed import Executor, PluginSpec
     from epikit.interfaces import Segmenter
     from epikit.io import ImageRecord
 
@@ -74,54 +75,80 @@ def _count(labels: np.ndarray) -> tuple[int, float]:
     return int(areas.size), float(np.median(areas)) if areas.size else 0.0
 
 
+def segment_image(
+    record: ImageRecord,
+    segmenter: Any,
+    masks_dir: Path,
+    nuclear_channel: int | str = 0,
+    skip_existing: bool = True,
+) -> dict[str, Any]:
+    """Segment one image and write its mask atomically (or reuse an existing mask).
+
+    The unit of work of :func:`segment_images`, run in-process or on a Dask worker.
+    ``segmenter`` is a segmenter or a :class:`epikit.distributed.PluginSpec` (built once per
+    process). Returns ``n_nuclei, median_area, seconds, reused``.
+    """
+    from epikit.distributed import resolve_plugin
+    from epikit.io import mask_path, read_image, read_labels, write_tiff
+
+    segmenter = resolve_plugin(segmenter)
+    target = mask_path(masks_dir, record)
+    start = time.perf_counter()
+    reused = skip_existing and target.is_file()
+    if reused:
+        labels = read_labels(target)
+    else:
+        image = read_image(record.path).array
+        channel = resolve_channel(nuclear_channel, record.channel_names)
+        labels = segmenter.segment(image, nuclear_channel=channel)
+        labels = check_labels(labels, image.shape[1:], type(segmenter).__name__)
+        write_tiff(target, labels)
+    n_nuclei, median_area = _count(labels)
+    return {"n_nuclei": n_nuclei, "median_area": median_area,
+            "seconds": time.perf_counter() - start, "reused": bool(reused)}
+
+
 def segment_images(
     records: Sequence[ImageRecord],
-    segmenter: Segmenter,
+    segmenter: Segmenter | PluginSpec,
     out_dir: str | os.PathLike[str],
     nuclear_channel: int | str = 0,
     skip_existing: bool = True,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Segment every record's image and write its mask under ``out_dir/masks``.
 
     ``nuclear_channel`` is an index or a channel name (resolved per image). With
     ``skip_existing`` an image whose mask already exists is not segmented again (its mask
-    is read to count nuclei), so an interrupted run resumes. Returns one row per image:
+    is read to count nuclei), so an interrupted run resumes. ``executor`` (see
+    :func:`epikit.distributed.get_executor`; default: this process) runs the images in
+    parallel; each task writes its own mask. ``segmenter`` may be a
+    :class:`~epikit.distributed.PluginSpec` so that workers build it themselves, once each.
+    An error names the image it happened on. Returns one row per image, in input order:
     ``image_id, condition, group, path, mask, n_nuclei, median_area, seconds, reused``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from epikit.io import mask_path, read_image, read_labels, write_tiff
+    from epikit.distributed import InProcessExecutor, PluginSpec, for_workers
+    from epikit.io import mask_path
 
-    if not callable(getattr(segmenter, "segment", None)):
+    if not isinstance(segmenter, PluginSpec) and not callable(getattr(segmenter, "segment", None)):
         raise ConfigError(f"{segmenter!r} is not a segmenter (it has no segment() method)")
-    name = type(segmenter).__name__
+    executor = executor or InProcessExecutor()
     masks_dir = Path(out_dir) / MASKS_DIR
-    rows = []
-    for record in tqdm(records, desc="segment", unit="image", file=sys.stderr,
-                       disable=not progress):
-        target = mask_path(masks_dir, record)
-        start = time.perf_counter()
-        reused = skip_existing and target.is_file()
-        if reused:
-            labels = read_labels(target)
-        else:
-            image = read_image(record.path).array
-            channel = resolve_channel(nuclear_channel, record.channel_names)
-            try:
-                labels = segmenter.segment(image, nuclear_channel=channel)
-            except InputError as error:
-                raise InputError(f"{record.path}: {error}") from error
-            labels = check_labels(labels, image.shape[1:], name)
-            write_tiff(target, labels)
-        n_nuclei, median_area = _count(labels)
-        rows.append({
-            "image_id": record.image_id, "condition": record.condition, "group": record.group,
-            "path": str(record.path), "mask": str(target), "n_nuclei": n_nuclei,
-            "median_area": median_area, "seconds": time.perf_counter() - start,
-            "reused": bool(reused),
-        })
+    shared = (segmenter, Path(os.path.abspath(masks_dir)), nuclear_channel, skip_existing)
+    counts: dict[str, dict[str, Any]] = {}
+    records = list(records)
+    with tqdm(total=len(records), desc="segment", unit="image", file=sys.stderr,
+              disable=not progress) as bar:
+        for record, row in executor.map_unordered(segment_image, [for_workers(r) for r in records],
+                                                  shared=shared, label=lambda r: str(r.path)):
+            counts[record.image_id] = row
+            bar.update(1)
+    rows = [{"image_id": r.image_id, "condition": r.condition, "group": r.group, "path": str(r.path),
+             "mask": str(mask_path(masks_dir, r)), **counts[r.image_id]} for r in records]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from epikit.cli import command, parse_params
+from epikit.cli.cluster import SCHEDULER, WORKERS
 
 
 @command("explain")
@@ -21,12 +22,17 @@ def explain_command(
     view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cell choice."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    workers: int = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Explain out-of-fold test cells with the fold model that did not train on them; write maps.zarr."""
+    from epikit.distributed import get_executor
     from epikit.explanation import explain_run
 
-    summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells,
-                          target=target, views=view or None, seed=seed, progress=not quiet)
+    with get_executor(workers, scheduler) as executor:
+        summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells,
+                              target=target, views=view or None, seed=seed, progress=not quiet,
+                              executor=executor)
     for name, info in summary["views"].items():
         counts = ", ".join(f"{c}: {n}" for c, n in info["per_condition"].items())
         typer.echo(f"view {name}: {info['n_cells']} cells explained ({counts})")

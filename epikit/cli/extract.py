@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from epikit.cli import command
+from epikit.cli.cluster import SCHEDULER, WORKERS
 
 
 @command("extract")
@@ -26,19 +27,22 @@ def extract_command(
     normalise: str = typer.Option("image", "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
     features: bool = typer.Option(True, "--features/--no-features", help="Measure per-cell features (morphology, intensity, texture, shells)."),
+    workers: int = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Cut every nucleus out into crops.zarr and measure it into cells.parquet (resumable)."""
+    from epikit.distributed import get_executor
     from epikit.extraction import extract_cells
     from epikit.io import discover_images
 
     names = [name.strip() for name in channels.split(",")] if channels else None
     records = discover_images(input, names, min_conditions=1)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, get_executor(workers, scheduler) as executor:
         warnings.simplefilter("always")
         summary = extract_cells(records, masks if masks is not None else out / "masks", out,
                                 crop_size=crop_size, keep_context=keep_context, scale=scale,
                                 min_area=min_area, max_area=max_area, align=align, normalise=normalise,
-                                features=features, progress=True)
+                                features=features, progress=True, executor=executor)
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     skipped = ", ".join(f"{summary[f'n_skipped_{k}']} {k}" for k in ("border", "small", "large"))

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from epikit.cli import command, parse_params
+from epikit.cli.cluster import SCHEDULER, WORKERS
 
 
 @command("run")
@@ -28,9 +29,12 @@ def run_command(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in the report)."),
     force: bool = typer.Option(False, "--force", help="Redo every stage, ignoring finished work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    workers: int = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Segment, extract cells, train, explain, find biomarkers and write a report."""
     from epikit.config import default_config, load_config, merge_config, overrides_from_params
+    from epikit.distributed import get_executor
     from epikit.pipeline import run_pipeline
 
     settings = load_config(config) if config else default_config()
@@ -50,7 +54,8 @@ def run_command(
             flags.setdefault(stage, {})[key] = value
     settings = merge_config(settings, flags)
     settings = merge_config(settings, overrides_from_params(parse_params(param)))
-    manifest = run_pipeline(settings, out, force=force, progress=not quiet)
+    with get_executor(workers, scheduler) as executor:
+        manifest = run_pipeline(settings, out, force=force, progress=not quiet, executor=executor)
     typer.echo(f"run folder: {out}")
     for stage, seconds in manifest["stage_seconds"].items():
         typer.echo(f"  {stage:<11} {seconds:8.1f} s")

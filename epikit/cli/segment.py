@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from epikit.cli import command, parse_params
+from epikit.cli.cluster import SCHEDULER, WORKERS
 
 
 @command("segment")
@@ -19,28 +20,34 @@ def segment_command(
     nuclear_channel: str = typer.Option("0", "--nuclear-channel", help="Index or name of the DNA channel."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again even where a mask exists."),
+    workers: int = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Segment nuclei in every image and write one int32 label TIFF per image.
 
     Existing masks in OUT are reused (an interrupted run resumes) only when they were made
     with the same segmenter and parameters; OUT/segmentation.json records those.
     """
+    from epikit.distributed import PluginSpec, get_executor
     from epikit.errors import ConfigError
     from epikit.io import discover_images, read_json, write_csv, write_json
-    from epikit.registry import get_entry, get_segmenter
+    from epikit.registry import get_entry
     from epikit.segmentation import segment_images, summarise_counts
 
     names = [name.strip() for name in channels.split(",")] if channels else None
     records = discover_images(input, names, min_conditions=1)
     params = parse_params(param)
-    model = get_segmenter(segmenter, **params)
+    spec = PluginSpec("segmenter", segmenter, params)
+    spec.build()  # fail on a bad name or parameter before any work
     settings = {"segmenter": segmenter, "params": params, "nuclear_channel": nuclear_channel}
     previous = read_json(out / "segmentation.json", default=None)
     if previous is not None and not overwrite and previous.get("settings") != settings:
         raise ConfigError(f"{out} holds masks made with {previous.get('settings')}; pass "
                           "--overwrite to replace them or choose another --out")
-    table = segment_images(records, model, out, nuclear_channel=nuclear_channel,
-                           skip_existing=not overwrite)
+    with get_executor(workers, scheduler) as executor:
+        # Workers build the segmenter themselves, once each, from its name and parameters.
+        table = segment_images(records, spec, out, nuclear_channel=nuclear_channel,
+                               skip_existing=not overwrite, executor=executor)
     write_csv(table, out / "segmentation.csv")
     summary = summarise_counts(table)
     write_json(out / "segmentation.json", {

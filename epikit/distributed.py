@@ -1,0 +1,378 @@
+"""Where the embarrassingly parallel work runs: in this process, on local processes, or on Dask.
+
+The per-image stages (segmentation, extraction) and explanation per cell chunk are a list of
+independent tasks. An :class:`Executor` runs one function over such a list and hands the
+results back to the driver **as they complete**, so the driver commits each unit of work
+(a mask, an extraction progress line) the moment it is whole::
+
+    from epikit.distributed import get_executor
+
+    with get_executor(workers=2) as executor:           # a LocalCluster of 2 processes
+        for record, row in executor.map_unordered(segment_one, records, shared=(...),
+                                                  label=lambda r: str(r.path)):
+            ...
+
+Three back ends, chosen by :func:`get_executor`:
+
+* in-process (``workers=0``, no scheduler; the default): tasks run one after the other here;
+* local processes (``workers=N``): a ``dask.distributed.LocalCluster`` of N single-threaded
+  worker processes, closed with the executor;
+* an existing cluster (``scheduler="tcp://host:8786"``, or the ``DASK_SCHEDULER_ADDRESS``
+  environment variable, or a ``distributed.Client`` / cluster object): e.g. a dask-jobqueue
+  ``SLURMCluster``. The run folder and inputs must then be on a filesystem every worker sees.
+
+Contract of a task function ``fn(item, *shared)``: it is a module-level function (workers
+import it by name), it writes its large results itself into the run folder (atomically, to a
+path no other task writes) and returns something small. ``shared`` is sent to each worker
+once (Dask ``scatter``), not with every task. Heavy objects a task needs (segmenter weights,
+fold models) are built once per worker process with :func:`build_plugin` /
+:func:`process_cache`, not once per task.
+
+Failures: a task that raises an :class:`~epikit.errors.EpikitError` fails the map with the
+same error class, its message prefixed with the task's label (the image path), and is not
+retried (bad input stays bad). Any other exception is retried once (:data:`RETRIES`) and then
+re-raised with a note naming the label. A worker process that dies has its tasks rescheduled
+on other workers by Dask (up to ``distributed.scheduler.allowed-failures`` times). Dask is an
+optional dependency (``pip install epikit[dask]``), imported only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from epikit.errors import ConfigError, EpikitError, PluginError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Environment variable naming an existing Dask scheduler (Dask's own convention).
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+#: Extra attempts of a task that raised something other than an EpikitError.
+RETRIES = 1
+#: Seconds to wait for a scheduler to answer.
+CONNECT_TIMEOUT = 30
+#: Worker-side objects kept per process by :func:`process_cache` (models, datasets).
+CACHE_SIZE = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Objects built once per worker process
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin by name and parameters: tiny to ship, built on the worker that needs it.
+
+    ``PluginSpec("segmenter", "maskrcnn", {"min_score": 0.5}).build()`` returns the same
+    object for every task of a worker process (see :func:`build_plugin`).
+    """
+
+    kind: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        """The plugin object, built once per process for these parameters."""
+        return build_plugin(self.kind, self.name, self.params)
+
+
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def build_plugin(kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
+    """Build registered plugin ``kind``/``name`` with ``params``, once per process.
+
+    Later calls with equal parameters return the cached object, so a worker loads a
+    segmenter's or explainer's weights once however many tasks it runs.
+    """
+    from epikit.registry import current_registry
+
+    return _cached_plugin(id(current_registry()), kind, name, _params_key(dict(params or {})))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _cached_plugin(registry: int, kind: str, name: str, params_key: str) -> Any:
+    """``registry`` (the id of the current registry) keeps a test's own registry apart."""
+    from epikit.registry import build
+
+    return build(kind, name, **json.loads(params_key))
+
+
+def resolve_plugin(obj: Any) -> Any:
+    """``obj`` itself, or the object a :class:`PluginSpec` builds (cached per process)."""
+    return obj.build() if isinstance(obj, PluginSpec) else obj
+
+
+def process_cache(builder: Callable[..., R]) -> Callable[..., R]:
+    """Decorate a builder so each process keeps its last :data:`CACHE_SIZE` results.
+
+    For worker-side state keyed by hashable arguments, e.g. the fold models of a run folder
+    keyed by ``(run_dir, view)``: built by the first task on a worker, reused by the rest.
+    """
+    return functools.lru_cache(maxsize=CACHE_SIZE)(builder)
+
+
+# --------------------------------------------------------------------------------------------
+# Running one task (on a worker or here)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A task's EpikitError, returned as a value so that Dask does not retry it."""
+
+    error: EpikitError
+
+
+def labelled(error: EpikitError, label: str) -> EpikitError:
+    """``error`` with ``label`` (e.g. the image path) leading its message, same class."""
+    message = str(error)
+    if not label or message.startswith(label):
+        return error
+    try:
+        wrapped = type(error)(f"{label}: {message}")
+    except TypeError:  # a subclass with another constructor
+        wrapped = EpikitError(f"{label}: {message}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def run_task(fn: Callable[..., R], label: str, item: Any, shared: tuple[Any, ...]) -> R | _Failed:
+    """Run ``fn(item, *shared)``: an EpikitError becomes a labelled :class:`_Failed` value.
+
+    Other exceptions propagate (Dask retries them) with a note naming ``label``.
+    """
+    try:
+        return fn(item, *shared)
+    except EpikitError as error:
+        return _Failed(labelled(error, label))
+    except Exception as error:
+        error.add_note(f"epikit: while processing {label}")
+        raise
+
+
+def _unwrap(result: Any) -> Any:
+    if isinstance(result, _Failed):
+        raise result.error
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+
+
+class Executor:
+    """Runs a module-level function over items; results come back as tasks complete.
+
+    Use as a context manager (back ends that start processes stop them on exit).
+    """
+
+    #: True when tasks run inside the calling process.
+    in_process: bool = True
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the executor started (nothing for the in-process back end)."""
+
+    @property
+    def n_workers(self) -> int:
+        """How many tasks can run at once."""
+        return 1
+
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: Iterable[T],
+        *,
+        shared: tuple[Any, ...] = (),
+        label: Callable[[T], str] = str,
+    ) -> Iterator[tuple[T, R]]:
+        """Yield ``(item, fn(item, *shared))`` for every item, in order of completion.
+
+        ``label(item)`` names the item in error messages (e.g. its image path). Stopping the
+        iteration early cancels the tasks not yet finished.
+        """
+        for item in items:
+            yield item, _unwrap(run_task(fn, label(item), item, shared))
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        items: Iterable[T],
+        *,
+        shared: tuple[Any, ...] = (),
+        label: Callable[[T], str] = str,
+    ) -> Iterator[tuple[T, R]]:
+        """Like :meth:`map_unordered`, but in the order of ``items``.
+
+        Each result is yielded as soon as it and every result before it are done, so a driver
+        can commit results in input order while later tasks still run.
+        """
+        items = list(items)
+        done: dict[int, R] = {}
+        following = 0
+        numbered = list(enumerate(items))
+        for (index, _), result in self.map_unordered(
+            _indexed, numbered, shared=(fn, shared), label=lambda pair: label(pair[1]),
+        ):
+            done[index] = result
+            while following in done:
+                yield items[following], done.pop(following)
+                following += 1
+
+
+def _indexed(pair: tuple[int, Any], fn: Callable[..., R], shared: tuple[Any, ...]) -> R:
+    """Call ``fn`` on the item of an ``(index, item)`` pair (ordered :meth:`Executor.map`)."""
+    return fn(pair[1], *shared)
+
+
+class InProcessExecutor(Executor):
+    """Runs every task here, one after the other (the default back end)."""
+
+
+class DaskExecutor(Executor):
+    """Runs tasks on a ``dask.distributed`` cluster through ``client``.
+
+    ``owned`` objects (a LocalCluster started for this executor, and the client) are closed
+    with the executor; a client passed in by the caller is left open.
+    """
+
+    in_process = False
+
+    def __init__(self, client: Any, owned: tuple[Any, ...] = ()) -> None:
+        self.client = client
+        self._owned = owned
+
+    def close(self) -> None:
+        """Close the client and cluster this executor started, if any."""
+        for thing in self._owned:
+            thing.close()
+        self._owned = ()
+
+    @property
+    def n_workers(self) -> int:
+        """Worker threads currently connected to the scheduler (at least 1)."""
+        info = self.client.scheduler_info()
+        return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+
+    def map_unordered(
+        self,
+        fn: Callable[..., R],
+        items: Iterable[T],
+        *,
+        shared: tuple[Any, ...] = (),
+        label: Callable[[T], str] = str,
+    ) -> Iterator[tuple[T, R]]:
+        """Submit every item at once; yield results as workers finish them (see base class)."""
+        from distributed import as_completed
+
+        items = list(items)
+        if not items:
+            return
+        # One copy of ``shared`` per worker instead of one per task.
+        payload = self.client.scatter(_Shared(shared), broadcast=True, hash=False)
+        prefix = f"epikit-{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
+        labels = [label(item) for item in items]
+        futures = self.client.map(
+            _run_shared, items, labels, fn=fn, payload=payload,
+            key=[f"{prefix}-{i}" for i in range(len(items))], retries=RETRIES,
+        )
+        position = {future.key: i for i, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                index = position[future.key]
+                result = _result(future, labels[index])
+                future.release()
+                yield items[index], _unwrap(result)
+        finally:
+            self.client.cancel(futures)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """The arguments every task of one map gets (scattered as one object)."""
+
+    args: tuple[Any, ...]
+
+
+def _run_shared(item: Any, label: str, *, fn: Callable[..., R], payload: _Shared) -> R | _Failed:
+    return run_task(fn, label, item, payload.args)
+
+
+def _result(future: Any, label: str) -> Any:
+    """A future's result; a task that killed its workers becomes a labelled EpikitError."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as error:
+        raise EpikitError(f"{label}: every worker that ran this task died ({error}); it may need "
+                          "more memory per worker than the cluster gives") from error
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as error:
+        raise PluginError("running on several workers needs Dask: pip install 'epikit[dask]' "
+                          f"(import failed: {error})") from error
+    return distributed
+
+
+def get_executor(workers: int = 0, scheduler: Any = None) -> Executor:
+    """The executor for ``workers`` local processes or an existing ``scheduler``.
+
+    ``scheduler``: an address (``"tcp://host:8786"``), a ``distributed.Client``, or a cluster
+    object (``LocalCluster``, dask-jobqueue's ``SLURMCluster`` ...). With neither ``workers``
+    nor ``scheduler``, ``$DASK_SCHEDULER_ADDRESS`` is used when set, else everything runs in
+    this process. Use the result as a context manager.
+    """
+    if workers is None:
+        workers = 0
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"workers must be a non-negative integer; got {workers!r}")
+    if scheduler in ("", None) and workers == 0:
+        scheduler = os.environ.get(SCHEDULER_ENV) or None
+    if scheduler not in ("", None) and workers:
+        raise ConfigError(f"give either --workers ({workers}) or --scheduler ({scheduler}), not both")
+    if scheduler in ("", None) and workers == 0:
+        return InProcessExecutor()
+    distributed = _import_distributed()
+    if isinstance(scheduler, distributed.Client):
+        return DaskExecutor(scheduler)
+    if workers:
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+        return DaskExecutor(client, owned=(client, cluster))
+    address = getattr(scheduler, "scheduler_address", scheduler)  # a cluster object
+    try:
+        client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, TypeError) as error:
+        raise ConfigError(f"cannot reach the Dask scheduler {address!r} ({error}); check the address "
+                          "(e.g. tcp://host:8786) and that the scheduler is running") from error
+    return DaskExecutor(client, owned=(client,))
+
+
+
+def for_workers(record: T) -> T:
+    """A copy of an input record (anything with a ``path``) whose path works from any cwd.
+
+    Workers of a cluster do not share the driver's working directory; identifiers derived
+    from the path (``image_id``, the mask's file name) do not change.
+    """
+    import dataclasses
+
+    path = getattr(record, "path")
+    return dataclasses.replace(record, path=type(path)(os.path.abspath(path)))  # type: ignore[type-var]
