@@ -21,7 +21,7 @@ Output ``maps.zarr`` (written atomically)::
 
 The first (primary) view sits at the root so ``maps.zarr`` has the run-folder contract's
 ``maps`` array; further views are sub-groups named after the view. Cells are explained in
-chunks per fold model, with a progress bar.
+chunks per fold model (resumable, optionally on Dask workers), with a progress bar.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CELL_SELECTIONS: tuple[str, ...] = ("correct", "misclassified", "all")
 MAPS_NAME = "maps.zarr"
+#: Finished chunks of an unfinished explain run, relative to the run folder.
+SCRATCH = Path(".epikit") / "explain"
 AVERAGE_GROUP = "average"
 
 
@@ -179,8 +181,8 @@ def _merge_info(info: dict[str, Any], chunk_info: dict[str, Any]) -> None:
 
 def _stamp(run_dir: Path) -> tuple[Any, ...]:
     """What identifies a run folder's models and crops: file names, sizes and times."""
-    files = sorted((run_dir / "model").glob("*.pt")) + [run_dir / "cells.parquet", run_dir / "crops.zarr"]
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
+    files = sorted((run_dir / "model").rglob("*.pt")) + [run_dir / "cells.parquet", run_dir / "crops.zarr"]
+    return tuple((str(p.relative_to(run_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
 
 
 @process_cache
@@ -199,64 +201,82 @@ def _worker_dataset(run_dir: Path, channels: tuple[str, ...], stamp: tuple[Any, 
     return CellDataset(run_dir, channels=list(channels))
 
 
-def explain_chunk(task: tuple[int, int, np.ndarray, np.ndarray], run_dir: Path, view: str,
-                  channels: tuple[str, ...], explainer: PluginSpec, device: Any, stamp: tuple[Any, ...],
-                  out_dir: Path) -> dict[str, Any]:
-    """Explain one chunk ``(fold, start, dataset rows, targets)`` on a worker; write its maps.
+@dataclass(frozen=True)
+class ChunkTask:
+    """One unit of explanation work: cells of one view explained by one fold model.
 
-    The maps go to ``out_dir/<fold>-<start>.npy`` (atomically); the fold models, the crop
-    reader and the explainer are built once per worker process. Returns the file and the
-    explainer's ``info``.
+    ``positions`` index the view's selection, ``rows`` are the matching dataset rows.
+    """
+
+    view: str
+    fold: int
+    number: int
+    positions: tuple[int, ...]
+    rows: tuple[int, ...]
+    targets: tuple[int, ...]
+    channels: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """File stem of the chunk's maps in the scratch folder."""
+        return f"{self.view}__fold{self.fold}__{self.number:05d}"
+
+
+def explain_chunk(task: ChunkTask, run_dir: Path, explainer: Any, device: Any, stamp: tuple[Any, ...],
+                  scratch: Path) -> dict[str, Any]:
+    """Explain one :class:`ChunkTask` (here or on a worker) and save ``scratch/<task.name>.npy``.
+
+    ``explainer`` is an explainer or a :class:`~epikit.distributed.PluginSpec`; the fold
+    models, the crop reader and a spec's explainer are built once per process. The file is
+    written atomically, so a chunk on disk is a finished chunk. Returns the explainer's ``info``.
     """
     import torch
 
     from epikit.io.store import atomic_path
 
-    fold, start, rows, targets = task
-    models = _worker_models(run_dir, view, device, stamp)
-    if fold not in models:
-        raise DataError(f"no model for fold {fold}: model/ and cells.parquet disagree; re-run training")
+    models = _worker_models(run_dir, task.view, device, stamp)
+    if task.fold not in models:
+        raise DataError(f"no model for fold {task.fold}: model/ and cells.parquet disagree; re-run training")
     method = resolve_plugin(explainer)
-    crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, channels, stamp).load_crops(rows),
-                                       dtype=np.float32))
-    result = method.explain(models[fold], crops, torch.as_tensor(targets))
-    path = out_dir / f"{fold}-{start}.npy"
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, result.detach().cpu().numpy())
-    return {"path": str(path), "info": dict(getattr(method, "info", None) or {})}
+    crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, task.channels, stamp).load_crops(
+        np.asarray(task.rows, dtype=np.int64)), dtype=np.float32))
+    result = method.explain(models[task.fold], crops, torch.as_tensor(task.targets, dtype=torch.long))
+    with atomic_path(scratch / f"{task.name}.npy") as tmp, open(tmp, "wb") as handle:
+        np.save(handle, result.detach().cpu().numpy().astype(np.float32))
+    return dict(getattr(method, "info", None) or {})
 
 
-def _explain_on(executor: Executor, run_dir: Path, view: str, channels: Sequence[str], rows: np.ndarray,
-                folds: np.ndarray, targets: np.ndarray, explainer: PluginSpec, chunk: int, progress: Any,
-                device: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`explain_cells` on ``executor``'s workers: the same chunks, maps and ``info``."""
-    import shutil
-
-    tasks, parts = [], {}
+def _chunk_tasks(view: str, rows: np.ndarray, folds: np.ndarray, targets: np.ndarray,
+                 channels: Sequence[str], chunk: int) -> list[ChunkTask]:
+    """The chunks of one view: up to ``chunk`` cells of one fold each."""
+    tasks = []
     for fold in sorted(set(int(f) for f in folds)):
         positions = np.flatnonzero(folds == fold)
-        for start in range(0, len(positions), chunk):
-            part = positions[start:start + chunk]
-            tasks.append((fold, start, rows[part], targets[part]))
-            parts[fold, start] = part
-    out_dir = (run_dir / ".epikit" / "explain" / view).absolute()
-    shared = (run_dir.absolute(), view, tuple(channels), explainer, device, _stamp(run_dir), out_dir)
-    maps: np.ndarray | None = None
-    info: dict[str, Any] = {}
-    results = executor.map_unordered(explain_chunk, tasks, shared=shared,
-                                     label=lambda t: f"{run_dir} view {view} fold {t[0]} chunk {t[1]}")
-    for (fold, start, *_), result in results:
-        part = parts[fold, start]
-        block = np.load(result["path"])
-        if maps is None:
-            maps = np.empty((len(folds), *block.shape[1:]), dtype=np.float32)
-        maps[part] = block
-        _merge_info(info, result["info"])
-        if progress is not None:
-            progress.update(len(part))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    assert maps is not None
-    return maps, info
+        for number, start in enumerate(range(0, len(positions), chunk)):
+            part = positions[start : start + chunk]
+            tasks.append(ChunkTask(view, fold, number, tuple(int(p) for p in part),
+                                   tuple(int(r) for r in rows[part]), tuple(int(t) for t in targets[part]),
+                                   tuple(channels)))
+    return tasks
+
+
+def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
+    """``RUN/.epikit/explain/<hash of the settings>``: finished chunks of an unfinished run.
+
+    Folders of other settings are removed: their maps can never be reused.
+    """
+    import hashlib
+    import json
+    import shutil
+
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    base = (run_dir / SCRATCH).absolute()
+    if base.is_dir():
+        for old in base.iterdir():
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+    (base / key).mkdir(parents=True, exist_ok=True)
+    return base / key
 
 
 def explain_run(
@@ -282,74 +302,92 @@ def explain_run(
     ``"predicted"`` or a class name. ``views``: trained views to explain (default all).
     ``average``: also store aligned average maps per condition. Returns (and writes to
     ``metrics.json["explanation"]``) a summary: cells per view and condition, seconds,
-    explainer details. ``executor`` (see :func:`epikit.distributed.get_executor`; default:
-    this process) explains the cell chunks in parallel, each worker loading the fold models
-    and the explainer once; the maps are the same.
+    explainer details.
+
+    The cells are explained in chunks of up to ``chunk`` cells of one fold. A finished chunk
+    is kept under ``RUN/.epikit/explain/`` until ``maps.zarr`` is written, so an interrupted
+    run resumes with the chunks it had not finished. ``executor`` (see
+    :func:`epikit.distributed.get_executor`; default: this process) runs the chunks in
+    parallel, each worker loading the fold models and the explainer once; the maps are the same.
     """
+    import shutil
+
     from epikit.dataset import CellDataset
+    from epikit.distributed import InProcessExecutor
     from epikit.io.store import update_metrics
     from epikit.registry import get_entry, get_explainer
-    from epikit.training import load_fold_models, trained_views
+    from epikit.training import trained_views
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()
     params = dict(params or {})
-    method = get_explainer(explainer, **params)
+    method = get_explainer(explainer, **params)  # checks the name and parameters up front
     trained = trained_views(run_dir)
     primary = trained["primary_view"]
     wanted = _wanted_views(views, list(trained["views"]))
     dataset = CellDataset(run_dir)
     table = dataset.table
-    started = time.perf_counter()
-    results: list[ViewMaps] = []
-    selections = {}
+    plans: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    tasks: list[ChunkTask] = []
     for view in wanted:
         prefix = column_prefix(view, primary)
         rows = select_cells(table, cells, max_cells, seed, prefix)
-        selections[view] = rows
-    total = sum(len(rows) for rows in selections.values())
-    bar = _progress(total, f"explain ({explainer})", progress)
+        targets = target_indices(table, rows, target, trained["views"][view]["classes"], prefix)
+        folds = table["fold"].to_numpy(np.int64)[rows]
+        plans[view] = (rows, folds, targets)
+        tasks += _chunk_tasks(view, rows, folds, targets, trained["views"][view]["channels"], chunk)
+    stamp = _stamp(run_dir)
+    scratch = _scratch_dir(run_dir, [explainer, params, stamp, [(t.name, t.rows, t.targets) for t in tasks]])
+    finished = {t.name for t in tasks if (scratch / f"{t.name}.npy").is_file()}
+    todo = [t for t in tasks if t.name not in finished]
+    executor = executor or InProcessExecutor()
+    spec = method if executor.in_process else PluginSpec("explainer", explainer, params)
+    infos: dict[str, dict[str, Any]] = {view: {} for view in wanted}
+    started = time.perf_counter()
+    bar = _progress(sum(len(t.rows) for t in tasks), f"explain ({explainer})", progress)
     try:
-        for view in wanted:
-            info = trained["views"][view]
-            prefix = column_prefix(view, primary)
-            rows = selections[view]
-            classes = list(info["classes"])
-            targets = target_indices(table, rows, target, classes, prefix)
-            view_data = CellDataset(run_dir, channels=info["channels"])
-            folds = table["fold"].to_numpy(np.int64)[rows]
-            if executor is None or executor.in_process:
-                models = load_fold_models(run_dir, view=view, device=device)
-                maps, run_info = explain_cells(
-                    models, lambda positions: view_data.load_crops(rows[positions]), folds, targets,
-                    method, chunk=chunk, progress=bar,
-                )
-            else:
-                maps, run_info = _explain_on(executor, run_dir, view, info["channels"], rows, folds, targets,
-                                             PluginSpec("explainer", explainer, params), chunk, bar, device)
-            attrs = {
-                "view": view,
-                "views": list(wanted),
-                "explainer": explainer,
-                "layer": run_info.get("layer"),
-                "target": target,
-                "classes": classes,
-                "channel_names": list(info["channels"]),
-                "params": getattr(method, "params", params),
-                "cells": cells,
-                "max_cells": max_cells,
-                "seed": seed,
-                "cell_ids": table["cell_id"].astype(str).to_numpy()[rows].tolist(),
-                "info": run_info,
-                "provenance": get_entry("explainer", explainer).provenance(),
-            }
-            results.append(ViewMaps(view, maps, rows, table["crop_index"].to_numpy(np.int64)[rows],
-                                    folds, targets, attrs))
+        if bar is not None:
+            bar.update(sum(len(t.rows) for t in tasks if t.name in finished))
+        for task, info in executor.map_unordered(
+            explain_chunk, todo, shared=(run_dir, spec, device, stamp, scratch),
+            label=lambda t: f"{run_dir} view {t.view} fold {t.fold} chunk {t.number}",
+        ):
+            _merge_info(infos[task.view], info)
+            if bar is not None:
+                bar.update(len(task.rows))
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - started
+    results: list[ViewMaps] = []
+    for view in wanted:
+        rows, folds, targets = plans[view]
+        maps = np.empty((len(rows), dataset.crop_size, dataset.crop_size), dtype=np.float32)
+        for task in (t for t in tasks if t.view == view):
+            maps[list(task.positions)] = np.load(scratch / f"{task.name}.npy")
+        info = trained["views"][view]
+        run_info = infos[view]
+        attrs = {
+            "view": view,
+            "views": list(wanted),
+            "explainer": explainer,
+            "layer": run_info.get("layer") or getattr(method, "layer", None),
+            "target": target,
+            "classes": list(info["classes"]),
+            "channel_names": list(info["channels"]),
+            "params": getattr(method, "params", params),
+            "cells": cells,
+            "max_cells": max_cells,
+            "seed": seed,
+            "cell_ids": table["cell_id"].astype(str).to_numpy()[rows].tolist(),
+            "info": run_info,
+            "provenance": get_entry("explainer", explainer).provenance(),
+        }
+        results.append(ViewMaps(view, maps, rows, table["crop_index"].to_numpy(np.int64)[rows],
+                                folds, targets, attrs))
     averages = {r.view: _averages(dataset, r) for r in results} if average else {}
     write_maps(run_dir / MAPS_NAME, results, averages)
+    shutil.rmtree(scratch, ignore_errors=True)
+    explained = sum(len(t.rows) for t in todo)
     summary = {
         "explainer": explainer,
         "params": results[0].attrs["params"],
@@ -366,9 +404,10 @@ def explain_run(
             }
             for r in results
         },
-        "n_cells": int(total),
+        "n_cells": int(sum(len(r.rows) for r in results)),
+        "n_cells_resumed": int(sum(len(t.rows) for t in tasks if t.name in finished)),
         "seconds": round(seconds, 2),
-        "seconds_per_cell": round(seconds / max(total, 1), 4),
+        "seconds_per_cell": round(seconds / max(explained, 1), 4),
         "approximate": bool(results[0].attrs["info"].get("approximate", False)),
     }
     update_metrics(run_dir, "explanation", summary)

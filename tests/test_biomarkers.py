@@ -64,6 +64,34 @@ def test_explain_run_writes_maps_keyed_by_out_of_fold_cells(periphery_run):
     assert metrics["explanation"]["n_cells"] == len(tested)
 
 
+def test_interrupted_explain_run_resumes_with_the_unfinished_chunks(periphery_run, tmp_path, monkeypatch):
+    import shutil
+
+    import epikit.explanation as explanation
+
+    run = tmp_path / "copy"
+    shutil.copytree(periphery_run, run)
+    real, calls = explanation.explain_chunk, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0].name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explanation, "explain_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
+    assert len(list((run / explanation.SCRATCH).rglob("*.npy"))) == 2
+    monkeypatch.setattr(explanation, "explain_chunk", real)
+    summary = explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
+    assert summary["n_cells_resumed"] == 8 and not list((run / explanation.SCRATCH).rglob("*.npy"))
+    fresh = explain_run(periphery_run, "gradcam", cells="all", chunk=4, progress=False)
+    assert fresh["n_cells_resumed"] == 0
+    resumed, complete = read_maps(run), read_maps(periphery_run)
+    assert resumed.cell_ids == complete.cell_ids and np.array_equal(resumed.maps, complete.maps)
+
+
 def test_cell_selection_and_its_errors(periphery_run):
     cells = pd.read_parquet(periphery_run / "cells.parquet")
     correct = select_cells(cells, "correct")

@@ -49,6 +49,13 @@ WEIGHTINGS = ("score", "softmax-over-channels")
 SCORES = ("probability", "logit")
 
 
+def auto_batch_size(size: int, device: torch.device) -> int:
+    """Masked inputs per forward: ~2**17 pixels per batch on the CPU (cache-sized), 128 on a GPU."""
+    if device.type != "cpu":
+        return 128
+    return max(1, min(128, 2**17 // (size * size)))
+
+
 class ScoreCAM:
     """Score-CAM explainer.
 
@@ -61,9 +68,11 @@ class ScoreCAM:
         probability weights each map) or ``"softmax-over-channels"`` (the probabilities are
         passed through a softmax over the channels, as pytorch-grad-cam and torchcam do).
     batch_size:
-        Masked inputs per scoring forward.
+        Masked inputs per scoring forward. Default: on the CPU about 2**17 pixels per batch
+        (32 inputs at S = 64, 8 at 128, 2 at 256), where small batches stay in cache and run
+        fastest per input (measured, see ``bench/README.md``); 128 on a GPU.
     cell_batch:
-        Cells whose activations are held at once (bounds memory); default ``batch_size``.
+        Cells whose activations are held at once (bounds memory).
     top_k:
         Score only the ``top_k`` channels with the highest mean activation per cell
         (approximate); ``None`` scores all channels (exact).
@@ -76,8 +85,8 @@ class ScoreCAM:
         layer: str | None = None,
         weighting: str = "score",
         score: str = "probability",
-        batch_size: int = 128,
-        cell_batch: int | None = None,
+        batch_size: int | None = None,
+        cell_batch: int = 64,
         top_k: int | None = None,
         fold_bn: bool = True,
         channels_last: bool = True,
@@ -95,7 +104,7 @@ class ScoreCAM:
         self.weighting = weighting
         self.score = score
         self.batch_size = batch_size
-        self.cell_batch = cell_batch or batch_size
+        self.cell_batch = cell_batch
         self.top_k = top_k
         self.fold_bn = fold_bn
         self.channels_last = channels_last
@@ -149,9 +158,8 @@ class ScoreCAM:
                     target = targets[start : start + self.cell_batch].to(device)
                     check_targets(target, logits.shape[1])
                 if buffer is None:
-                    buffer = net.prepare(
-                        torch.empty((self.batch_size, *x.shape[1:]), device=device)
-                    )
+                    batch_size = self.batch_size or auto_batch_size(size, device)
+                    buffer = net.prepare(torch.empty((batch_size, *x.shape[1:]), device=device))
                 weights = self._channel_weights(net, x, activations, target, buffer, counts)
                 block = weighted_maps(activations, weights, size)
                 counts[2] += (block.flatten(1).amax(dim=1) == 0).sum()
@@ -163,6 +171,7 @@ class ScoreCAM:
             "score": self.score,
             "approximate": self.top_k is not None,
             "top_k": self.top_k,
+            "batch_size": int(buffer.shape[0]) if buffer is not None else None,
             "scored_maps": scored,
             "skipped_constant_maps": skipped,
             "all_zero_maps": zero,
@@ -192,7 +201,7 @@ class ScoreCAM:
         pairs = active.flatten().nonzero().squeeze(1)  # one host sync per block of cells
         counts[0] += pairs.numel()
         scores = torch.zeros(n * k, device=x.device)
-        for chunk in pairs.split(self.batch_size):
+        for chunk in pairs.split(len(buffer)):
             cell, channel = chunk // k, chunk % k
             masks = F.interpolate(
                 activations[cell, channel][:, None],
