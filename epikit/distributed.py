@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 RETRIES = 1
 #: Seconds to wait for a scheduler to answer.
 CONNECT_TIMEOUT = 30
+#: Tasks submitted ahead of the results consumed: per worker thread, and at least.
+TASKS_PER_WORKER = 4
+MIN_WINDOW = 8
 #: Worker-side objects kept per process by :func:`process_cache` (models, datasets).
 CACHE_SIZE = 8
 
@@ -170,7 +174,8 @@ def _unwrap(result: Any) -> Any:
 class Executor:
     """Runs a module-level function over items; results come back as tasks complete.
 
-    Use as a context manager (back ends that start processes stop them on exit).
+    Use as a context manager (back ends that start processes stop them on exit). This base
+    class runs tasks in the calling process, one after the other.
     """
 
     #: True when tasks run inside the calling process.
@@ -190,6 +195,11 @@ class Executor:
         """How many tasks can run at once."""
         return 1
 
+    def _stream(self, fn: Callable[..., R], items: list[T], shared: tuple[Any, ...],
+                label: Callable[[T], str], ordered: bool) -> Iterator[tuple[T, R]]:
+        for item in items:
+            yield item, _unwrap(run_task(fn, label(item), item, shared))
+
     def map_unordered(
         self,
         fn: Callable[..., R],
@@ -201,10 +211,9 @@ class Executor:
         """Yield ``(item, fn(item, *shared))`` for every item, in order of completion.
 
         ``label(item)`` names the item in error messages (e.g. its image path). Stopping the
-        iteration early cancels the tasks not yet finished.
+        iteration early (or an error) cancels the tasks not yet finished.
         """
-        for item in items:
-            yield item, _unwrap(run_task(fn, label(item), item, shared))
+        return self._stream(fn, list(items), shared, label, ordered=False)
 
     def map(
         self,
@@ -219,22 +228,7 @@ class Executor:
         Each result is yielded as soon as it and every result before it are done, so a driver
         can commit results in input order while later tasks still run.
         """
-        items = list(items)
-        done: dict[int, R] = {}
-        following = 0
-        numbered = list(enumerate(items))
-        for (index, _), result in self.map_unordered(
-            _indexed, numbered, shared=(fn, shared), label=lambda pair: label(pair[1]),
-        ):
-            done[index] = result
-            while following in done:
-                yield items[following], done.pop(following)
-                following += 1
-
-
-def _indexed(pair: tuple[int, Any], fn: Callable[..., R], shared: tuple[Any, ...]) -> R:
-    """Call ``fn`` on the item of an ``(index, item)`` pair (ordered :meth:`Executor.map`)."""
-    return fn(pair[1], *shared)
+        return self._stream(fn, list(items), shared, label, ordered=True)
 
 
 class InProcessExecutor(Executor):
@@ -245,7 +239,9 @@ class DaskExecutor(Executor):
     """Runs tasks on a ``dask.distributed`` cluster through ``client``.
 
     ``owned`` objects (a LocalCluster started for this executor, and the client) are closed
-    with the executor; a client passed in by the caller is left open.
+    with the executor; a client passed in by the caller is left open. Tasks are submitted a
+    window ahead of the results handed back (:data:`TASKS_PER_WORKER` per worker thread), so
+    the driver holds few finished-but-unconsumed results however many items there are.
     """
 
     in_process = False
@@ -263,40 +259,54 @@ class DaskExecutor(Executor):
     @property
     def n_workers(self) -> int:
         """Worker threads currently connected to the scheduler (at least 1)."""
-        info = self.client.scheduler_info()
-        return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+        return max(1, sum(self.client.nthreads().values()))
 
-    def map_unordered(
-        self,
-        fn: Callable[..., R],
-        items: Iterable[T],
-        *,
-        shared: tuple[Any, ...] = (),
-        label: Callable[[T], str] = str,
-    ) -> Iterator[tuple[T, R]]:
-        """Submit every item at once; yield results as workers finish them (see base class)."""
+    def _window(self) -> int:
+        return max(MIN_WINDOW, TASKS_PER_WORKER * self.n_workers)
+
+    def _stream(self, fn: Callable[..., R], items: list[T], shared: tuple[Any, ...],
+                label: Callable[[T], str], ordered: bool) -> Iterator[tuple[T, R]]:
         from distributed import as_completed
 
-        items = list(items)
         if not items:
             return
         # One copy of ``shared`` per worker instead of one per task.
         payload = self.client.scatter(_Shared(shared), broadcast=True, hash=False)
         prefix = f"epikit-{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
         labels = [label(item) for item in items]
-        futures = self.client.map(
-            _run_shared, items, labels, fn=fn, payload=payload,
-            key=[f"{prefix}-{i}" for i in range(len(items))], retries=RETRIES,
-        )
-        position = {future.key: i for i, future in enumerate(futures)}
+        running: dict[str, tuple[int, Any]] = {}
+        pending = as_completed()
+        done: dict[int, Any] = {}
+        submitted = yielded = 0
+        window, checked = self._window(), time.monotonic()
+
+        def top_up() -> None:
+            nonlocal submitted
+            while submitted < min(yielded + window, len(items)):
+                future = self.client.submit(_run_shared, items[submitted], labels[submitted], fn=fn,
+                                            payload=payload, key=f"{prefix}-{submitted}", retries=RETRIES)
+                running[future.key] = (submitted, future)
+                pending.add(future)
+                submitted += 1
+
         try:
-            for future in as_completed(futures):
-                index = position[future.key]
-                result = _result(future, labels[index])
+            top_up()
+            for future in pending:
+                index, _ = running.pop(future.key)
+                done[index] = _unwrap(_result(future, labels[index]))
                 future.release()
-                yield items[index], _unwrap(result)
+                ready = range(yielded, len(items)) if ordered else [index]
+                for current in ready:
+                    if current not in done:
+                        break
+                    yield items[current], done.pop(current)
+                    yielded += 1
+                if time.monotonic() - checked > 1.0:  # workers come and go (adaptive clusters)
+                    window, checked = self._window(), time.monotonic()
+                top_up()
         finally:
-            self.client.cancel(futures)
+            if running:
+                self.client.cancel([future for _, future in running.values()])
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,22 @@ def test_explain_chunks_on_workers_match_in_process(client, tmp_path: Path) -> N
     assert remote["views"] == local["views"]
 
 
+def _slow_square(value: int) -> int:
+    import time
+
+    time.sleep(0.02 * (value % 3))  # later items often finish first
+    return value * value
+
+
+def test_dask_map_yields_in_input_order_through_its_window(client) -> None:
+    executor = get_executor(scheduler=client)
+    items = list(range(40))  # more than the submission window (4 tasks per worker thread, at least 8)
+    assert [(i, r) for i, r in executor.map(_slow_square, items)] == [(i, i * i) for i in items]
+    assert sorted(r for _, r in executor.map_unordered(_slow_square, items)) == [i * i for i in items]
+    with pytest.raises(InputError, match=r"^item 7: seven is bad$"):
+        list(executor.map(_square, items, label=lambda i: f"item {i}"))
+
+
 def test_in_process_executor_orders_and_labels() -> None:
     with get_executor() as executor:
         assert isinstance(executor, InProcessExecutor) and executor.in_process
