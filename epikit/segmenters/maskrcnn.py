@@ -104,7 +104,8 @@ class MaskRCNNSegmenter:
     exceed the largest nucleus diameter), ``batch_size`` tiles per forward pass,
     ``score_threshold`` (minimum detection score), ``mask_threshold`` (mask probability cut),
     ``nms`` (box IoU above which the weaker detection in a tile is suppressed), ``min_area``
-    (pixels; smaller objects are dropped), ``device`` (default: GPU when available).
+    (pixels; smaller objects are dropped), ``max_detections`` per tile (crowded fields of
+    tiny nuclei may need a smaller ``tile_size``), ``device`` (default: GPU when available).
     ``model`` uses an already built network instead of loading ``weights`` (training uses
     it to validate).
     """
@@ -120,6 +121,7 @@ class MaskRCNNSegmenter:
         mask_threshold: float = 0.5,
         nms: float = 0.4,
         min_area: int = 10,
+        max_detections: int = 500,
         device: str | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
@@ -127,8 +129,8 @@ class MaskRCNNSegmenter:
             raise ConfigError(f"tile_size must be a multiple of 32 and >= 64, got {tile_size}")
         if not 0 <= overlap < tile_size // 2 + 1:
             raise ConfigError(f"overlap must be in [0, tile_size/2], got {overlap} for tile_size {tile_size}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or max_detections < 1:
+            raise ConfigError(f"batch_size and max_detections must be >= 1, got {batch_size}, {max_detections}")
         for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold), ("nms", nms)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
@@ -142,6 +144,8 @@ class MaskRCNNSegmenter:
         self.score_threshold, self.mask_threshold, self.min_area = score_threshold, mask_threshold, min_area
         self.model.roi_heads.score_thresh = score_threshold
         self.model.roi_heads.nms_thresh = nms
+        self.model.roi_heads.detections_per_img = max_detections
+        self.model.rpn._post_nms_top_n["testing"] = 2 * max_detections
 
     def segment(self, image: np.ndarray, nuclear_channel: int = 0) -> np.ndarray:
         """Label the nuclei of ``image`` (C, Y, X) from ``image[nuclear_channel]``; int32 (Y, X)."""

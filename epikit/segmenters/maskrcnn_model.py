@@ -42,6 +42,7 @@ CHECKPOINT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "maskrcnn_nuclei.pt"
 NORMALISATION_PERCENTILES = (1.0, 99.8)
+URL_SCHEMES = ("https://", "http://", "file://")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def build_model(config: ModelConfig | None = None) -> MaskRCNN:
         rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
         rpn_pre_nms_top_n_train=1000,
         rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=2000,
+        rpn_pre_nms_top_n_test=1000,
         rpn_post_nms_top_n_test=1000,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
         box_roi_pool=box_pool,
@@ -261,10 +262,15 @@ def _hub_hash_prefix(filename: str) -> str | None:
 
 
 def resolve_weights(weights: str | Path | None) -> Path:
-    """The local file for ``weights``: ``None`` = shipped weights, a path, or an http(s) URL."""
+    """The local file for ``weights``: ``None`` = shipped weights, a path, or a URL.
+
+    URLs (``https://``, ``http://``, ``file://``) are downloaded once into the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``); torchvision-style names ``<name>-<sha256 prefix>.pt``
+    have their hash prefix verified by the download.
+    """
     if weights is None:
         path = DEFAULT_WEIGHTS
-    elif str(weights).startswith(("http://", "https://")):
+    elif str(weights).startswith(URL_SCHEMES):
         return _fetch_url(str(weights))
     else:
         path = Path(weights).expanduser()
@@ -297,7 +303,7 @@ def load_model(
     """Load a nuclei Mask R-CNN in eval mode on ``device`` (float32).
 
     ``weights``: ``None`` (the weights shipped in ``epikit/segmenters/weights``), a file path
-    or an http(s) URL (cached by ``torch.hub``). ``sha256`` is checked when given; without it
+    or a URL (cached by ``torch.hub``, see :func:`resolve_weights`). ``sha256`` is checked when given; without it
     a sidecar JSON next to the file supplies it. Bare torchvision-style state dicts are loaded
     into the default architecture. Raises :class:`ModelError` naming the file on any problem.
     """

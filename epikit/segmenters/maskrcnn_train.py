@@ -83,18 +83,27 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> 
 
 
 class SimulatedFields:
-    """Fresh ``size`` x ``size`` simulated fields with diverse settings (nuclear channel)."""
+    """Fresh ``size`` x ``size`` simulated fields with diverse settings (nuclear channel).
 
-    description = "epikit.simulate fields, settings from sample_diverse_field_params, fresh each step"
+    A fraction ``empty`` of the fields has no nuclei (background, illumination and noise
+    only), so the model learns that a nucleus-free field - stretched to full contrast by the
+    per-image normalisation - holds nothing.
+    """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, empty: float = 0.05) -> None:
+        self.size, self.empty = size, empty
+        self.description = (
+            "epikit.simulate fields, settings from sample_diverse_field_params, fresh each step, "
+            f"{empty:.0%} without nuclei"
+        )
 
     def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One field's raw nuclear channel and labels."""
         from epikit.simulate import sample_diverse_field_params, simulate_field
 
         params = sample_diverse_field_params(rng, size=(self.size, self.size))
+        if rng.random() < self.empty:
+            params["n_nuclei"] = 0
         field = simulate_field(rng, **params)
         return field.image[0].astype(np.float32), field.labels
 

@@ -1,0 +1,235 @@
+"""The maskrcnn segmenter: training lowers the loss, shipped weights segment, tiles de-duplicate,
+bad weights raise ModelError, annotated-data loaders read their layouts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from epikit.analysis.segmentation_metrics import evaluate_segmentation
+from epikit.errors import InputError, ModelError
+from epikit.io import sha256_file, write_tiff
+from epikit.segmenters.dsb import load_training_images
+from epikit.segmenters.maskrcnn import MaskRCNNSegmenter, core_bounds, tile_starts
+from epikit.segmenters.maskrcnn_model import DEFAULT_WEIGHTS, ModelConfig, build_model, load_model, sidecar_path
+from epikit.segmenters.maskrcnn_train import AnnotatedCrops, TrainingStream, train_maskrcnn
+from epikit.simulate import simulate_field
+
+TINY = ModelConfig(
+    stage_channels=(8, 16, 16, 16),
+    stem_channels=8,
+    fpn_channels=16,
+    box_head_dim=32,
+    mask_head_layers=(16,),
+    rpn_batch_size_per_image=64,
+    box_batch_size_per_image=32,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These small models run fastest on one thread (two threads spin-wait on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def blob_field(centres: list[tuple[float, float]], shape: tuple[int, int], radius: float, seed: int = 0):
+    """Blurred, noisy bright disks on a dim background, and their exact labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, (cy, cx) in enumerate(centres, start=1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 < radius**2) & (labels == 0)] = index
+    image = ndi.gaussian_filter((labels > 0) * 200.0, 1.0) + 20.0
+    image = rng.poisson(image).astype(np.float32)
+    return image, labels
+
+
+@pytest.fixture(scope="module")
+def dsb_layout(tmp_path_factory):
+    """A DSB2018-layout folder of three small images with round nuclei (one PNG per mask)."""
+    root = tmp_path_factory.mktemp("dsb")
+    rng = np.random.default_rng(3)
+    for sample in range(3):
+        centres = [(float(y), float(x)) for y, x in rng.uniform(12, 84, size=(6, 2))]
+        image, labels = blob_field(centres, (96, 96), radius=8, seed=sample)
+        folder = root / f"id{sample}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        rgba = np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 4, axis=-1)
+        rgba[..., 3] = 255
+        Image.fromarray(rgba, mode="RGBA").save(folder / "images" / f"id{sample}.png")
+        for label in range(1, labels.max() + 1):
+            if (labels == label).any():
+                Image.fromarray(((labels == label) * 255).astype(np.uint8)).save(folder / "masks" / f"m{label}.png")
+    return root
+
+
+def test_dsb_layout_loader_reads_images_and_one_label_per_mask(dsb_layout):
+    images = load_training_images(dsb_layout)
+    assert [a.name for a in images] == ["id0", "id1", "id2"]
+    for annotated in images:
+        masks = sorted((dsb_layout / annotated.name / "masks").glob("*.png"))
+        assert annotated.image.shape == annotated.labels.shape == (96, 96)
+        assert annotated.labels.dtype == np.int32
+        assert len(np.unique(annotated.labels)) - 1 == len(masks)
+        first = np.asarray(Image.open(masks[0])) > 0
+        assert np.array_equal(annotated.labels == 1, first)
+        assert annotated.image[first].mean() > annotated.image[~(annotated.labels > 0)].mean() + 50
+
+
+def test_label_pair_layout_and_bad_folder(tmp_path):
+    image, labels = blob_field([(20.0, 20.0), (40.0, 44.0)], (64, 64), radius=7)
+    write_tiff(tmp_path / "images" / "ctrl" / "f1.tif", np.stack([image, image * 0.5]).astype(np.uint16))
+    write_tiff(tmp_path / "masks" / "ctrl" / "f1.tif", labels)
+    (annotated,) = load_training_images(tmp_path, nuclear_channel=1)
+    assert np.array_equal(annotated.labels, labels)
+    assert np.allclose(annotated.image, image.astype(np.uint16) * 0.5, atol=1)
+    with pytest.raises(InputError, match="no annotated images"):
+        load_training_images(tmp_path / "images")
+
+
+def _fixed_batch_loss(model: torch.nn.Module, batch) -> float:
+    model.train()
+    torch.manual_seed(0)  # the RPN / RoI samplers draw at random
+    with torch.no_grad():
+        losses = model([image for image, _ in batch], [target for _, target in batch])
+    return float(sum(losses.values()))
+
+
+def test_training_lowers_the_loss_and_writes_a_verified_checkpoint(dsb_layout, tmp_path):
+    out = tmp_path / "tiny.pt"
+    metadata = train_maskrcnn(
+        out, data=dsb_layout, steps=25, batch=2, size=64, lr=3e-3, seed=5, config=TINY,
+        workers=0, checkpoint_every=10, val_fields=0, command="test", log=lambda _: None,
+    )
+    stream = iter(TrainingStream(AnnotatedCrops(load_training_images(dsb_layout), 64), seed=99))
+    batch = [next(stream) for _ in range(4)]
+    torch.manual_seed(5)  # train_maskrcnn seeds torch this way before building the model
+    before = _fixed_batch_loss(build_model(TINY), batch)
+    trained, config, _ = load_model(out)
+    after = _fixed_batch_loss(trained, batch)
+    assert config == TINY
+    assert after < 0.8 * before, (before, after)
+    assert metadata["loss_curve"][-1]["step"] == 25
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["sha256"] == sha256_file(out)
+    assert sidecar["steps"] == 25 and sidecar["complete"] is True and sidecar["command"] == "test"
+
+
+def test_train_segmenter_command_records_its_command_line(tmp_path):
+    from epikit.cli import app
+
+    out = tmp_path / "cli.pt"
+    args = ["train-segmenter", "maskrcnn", "--steps", "2", "--size", "128", "--workers", "0",
+            "--val-fields", "0", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["command"].startswith("epikit train-segmenter maskrcnn --data simulate --steps 2 ")
+    assert sidecar["training_data"].startswith("epikit.simulate")
+    bad = CliRunner().invoke(app, ["train-segmenter", "watershed", "--out", str(out)])
+    assert bad.exit_code == 2 and "trainable: maskrcnn" in bad.output
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return MaskRCNNSegmenter(device="cpu")
+
+
+def test_shipped_weights_match_their_sidecar_and_segment_a_simulated_field(shipped):
+    sidecar = json.loads(sidecar_path(DEFAULT_WEIGHTS).read_text())
+    assert sidecar["sha256"] == sha256_file(DEFAULT_WEIGHTS)
+    assert sidecar["complete"] is True and "train-segmenter maskrcnn" in sidecar["command"]
+    assert DEFAULT_WEIGHTS.stat().st_size < 10 * 2**20
+    field = simulate_field(np.random.default_rng(20_250), size=(256, 256))
+    labels = shipped.segment(field.image.astype(np.float32), nuclear_channel=0)
+    assert labels.dtype == np.int32 and labels.shape == (256, 256)
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert evaluate_segmentation(labels, field.labels)["ap_50"] >= 0.85
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 128, 32), (256, 128, 48), (700, 256, 64), (1000, 512, 128)])
+def test_tile_cores_partition_the_axis_away_from_tile_edges(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    cores = core_bounds(starts, tile, length)
+    assert starts[0] == 0 and starts[-1] + min(tile, length) == length
+    assert cores[0][0] == 0 and cores[-1][1] == length
+    assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))
+    for start, (low, high) in zip(starts, cores):
+        # Interior core edges lie at least overlap/2 inside the tile.
+        assert low == 0 or low - start >= overlap / 2
+        assert high == length or start + tile - high >= overlap / 2
+
+
+def test_nucleus_cut_by_a_tile_border_is_found_exactly_once(shipped):
+    tile, overlap = 128, 48
+    starts = tile_starts(256, tile, overlap)  # tiles [0,128) [64,192) [128,256) on each axis
+    edges = sorted({s + tile for s in starts[:-1]} | set(starts[1:]))
+    centres = [(30.0, float(e)) for e in edges] + [(float(e), 226.0) for e in edges] + [(128.0, 128.0)]
+    image, truth = blob_field(centres, (256, 256), radius=13)
+    for cy, cx in centres:  # each nucleus straddles at least one tile edge
+        assert any(abs(cx - e) < 13 or abs(cy - e) < 13 for e in edges)
+    segmenter = MaskRCNNSegmenter(device="cpu", tile_size=tile, overlap=overlap)
+    labels = segmenter.segment(image[None])
+    assert labels.max() == len(centres)
+    for index in range(1, len(centres) + 1):
+        inside = labels[truth == index]
+        found, counts = np.unique(inside[inside > 0], return_counts=True)
+        assert len(found) == 1 and counts[0] > 0.7 * (truth == index).sum()
+
+
+def test_empty_and_nan_fields(shipped):
+    assert not shipped.segment(np.zeros((3, 64, 64), dtype=np.float32)).any()
+    noisy = np.random.default_rng(0).poisson(30.0, size=(1, 128, 128)).astype(np.float32)
+    assert shipped.segment(noisy).max() <= 1
+    bad = np.ones((1, 32, 32), dtype=np.float32)
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        shipped.segment(bad)
+
+
+def test_bad_weights_raise_model_error_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ModelError, match="nope.pt"):
+        MaskRCNNSegmenter(weights=missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a torch checkpoint")
+    with pytest.raises(ModelError, match="corrupt.pt"):
+        MaskRCNNSegmenter(weights=corrupt)
+    copy = tmp_path / "copy.pt"
+    shutil.copy(DEFAULT_WEIGHTS, copy)
+    with pytest.raises(ModelError, match="sha256"):
+        MaskRCNNSegmenter(weights=copy, sha256="0" * 64)
+    sidecar_path(copy).write_text(json.dumps({"sha256": "f" * 64}))
+    with pytest.raises(ModelError, match="copy.pt"):
+        MaskRCNNSegmenter(weights=copy)
+    good = MaskRCNNSegmenter(weights=copy, sha256=sha256_file(DEFAULT_WEIGHTS))
+    assert good.weights_path == copy
+
+
+def test_weights_from_a_url_go_through_the_hub_cache(tmp_path):
+    digest = sha256_file(DEFAULT_WEIGHTS)
+    published = tmp_path / "site" / f"nuclei-{digest[:10]}.pt"
+    published.parent.mkdir()
+    shutil.copy(DEFAULT_WEIGHTS, published)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        segmenter = MaskRCNNSegmenter(weights=published.as_uri(), sha256=digest, device="cpu")
+        assert segmenter.weights_path == tmp_path / "hub" / "checkpoints" / published.name
+        renamed = published.with_name("nuclei-0123456789.pt")  # hash prefix in the name is wrong
+        published.rename(renamed)
+        with pytest.raises(ModelError, match="cannot download"):
+            MaskRCNNSegmenter(weights=renamed.as_uri())
+    finally:
+        torch.hub.set_dir(previous)
