@@ -84,8 +84,12 @@ def map_shell_shares(maps: np.ndarray, masks: np.ndarray, n_shells: int = 5, met
     return shell_shares(shell_means(maps, regions, n_shells))
 
 
-def _long(cells: pd.DataFrame, shares: np.ndarray, source: str, explainer: str, channel: str) -> pd.DataFrame:
-    """Long-format rows (one per cell and region) of one source/channel's shares (N, n)."""
+def shares_table(cells: pd.DataFrame, shares: np.ndarray, source: str, explainer: str, channel: str) -> pd.DataFrame:
+    """Long-format rows (one per cell and region) of one source/channel's shares (N, n).
+
+    Columns: cell_id, image_id, condition, source, explainer, channel, region, value; the
+    input of :func:`biomarker_table` and :func:`epikit.analysis.stats.compare_conditions`.
+    """
     frames = []
     for region, values in region_values(shares).items():
         frames.append(pd.DataFrame({
@@ -258,12 +262,12 @@ def biomarker_run(
         masks = read_masks(dataset.store_path, stored.crop_index)
         shares = map_shell_shares(stored.maps, masks, n_shells, shell_method)
         map_shares[stored.view] = shares
-        frames.append(_long(cells.iloc[rows.astype(np.int64)], shares, "map",
+        frames.append(shares_table(cells.iloc[rows.astype(np.int64)], shares, "map",
                             str(stored.attrs.get("explainer", "")), stored.view))
     channel_shares = image_shares(cells, dataset.channel_names, n_shells, shell_method,
                                   *_crops_if_needed(dataset, cells, n_shells, shell_method))
     for channel, shares in channel_shares.items():
-        frames.append(_long(cells, shares, "image", "", channel))
+        frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
     table = biomarker_table(long, reference, image_test, seed)
     write_csv(table, run_dir / "biomarkers.csv")

@@ -280,7 +280,7 @@ def trust_checks(
     to ``trust_cells`` per condition; the mask-edge control explains every explained cell
     with mask-only models and compares conditions with the same shell statistic.
     """
-    from epikit.analysis.biomarkers import _long, map_shell_shares
+    from epikit.analysis.biomarkers import map_shell_shares, shares_table
     from epikit.analysis.stats import compare_conditions
     from epikit.dataset import CellDataset
     from epikit.explanation import read_masks
@@ -334,7 +334,7 @@ def trust_checks(
                                     masks[tested][:, None].astype(np.float32), stored.target[tested],
                                     control_fold[tested])
     shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
-    long = _long(cells[tested], shares, "mask_control", name, "mask")
+    long = shares_table(cells[tested], shares, "mask_control", name, "mask")
     rows_out = compare_conditions(long, keys=["region"], reference=reference, image_test=image_test,
                                   units=("image",), seed=seed)
     mask_control = {
