@@ -506,7 +506,7 @@ def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) 
     """Extract one image into its own part folder; the unit of work on a Dask worker.
 
     Writes ``pending_dir/<digest>/crops.npy`` and ``masks.npy`` (atomically, a folder no
-    other task writes) and returns the small rest: the image's table rows and counts. The
+    other task writes) and returns the small rest: the image's table part and counts. The
     driver copies the crops into the working store and commits the image
     (:func:`_commit_part`), so the progress log is only ever written by the driver.
     """
@@ -531,8 +531,9 @@ def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) 
             crops_out.flush()
             masks_out.flush()
             del crops_out, masks_out
-    return {"rows": rows, "folder": str(folder) if folder else None, "count": len(nuclei),
-            "skipped": selection.skipped, "clipped": selection.clipped, "empty": not bool(labels.any())}
+    return {"table": _part_table(record, rows, 0) if rows else None, "folder": str(folder) if folder else None,
+            "count": len(nuclei), "skipped": selection.skipped, "clipped": selection.clipped,
+            "empty": not bool(labels.any())}
 
 
 def _commit_part(record: ImageRecord, part: dict[str, Any], job: _Job, work: _WorkState, crops_array: Any,
@@ -548,9 +549,14 @@ def _commit_part(record: ImageRecord, part: dict[str, Any], job: _Job, work: _Wo
             crops_array[start + a:start + b] = np.asarray(crops[a:b])
             masks_array[start + a:start + b] = np.asarray(masks[a:b])
         del crops, masks
-    rows = part["rows"]
+    table = part["table"]
+    if table is not None:  # built on the worker from crop 0 and the worker's absolute path
+        for name, value in (("crop_index", pa.array(range(start, start + table.num_rows), pa.int64())),
+                            ("path", pa.array([str(record.path)] * table.num_rows, pa.string()))):
+            position = table.schema.get_field_index(name)
+            table = table.set_column(position, pa.field(name, value.type), value)
     work.commit(_entry(record, fingerprint, start, count, part["skipped"], part["clipped"], part["empty"]),
-                _part_table(record, rows, start) if rows else None)
+                table)
     if part["folder"]:
         shutil.rmtree(part["folder"], ignore_errors=True)
     return count
