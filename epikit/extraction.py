@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -505,8 +506,8 @@ def _grow(crops_array: Any, masks_array: Any, n: int) -> None:
 def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) -> dict[str, Any]:
     """Extract one image into its own part folder; the unit of work on a Dask worker.
 
-    Writes ``pending_dir/<digest>/crops.npy`` and ``masks.npy`` (atomically, a folder no
-    other task writes) and returns the small rest: the image's table part and counts. The
+    Writes ``pending_dir/<digest>-<random>/crops.npy`` and ``masks.npy`` (atomically, a
+    folder no other task writes) and returns the small rest: the image's table part and counts. The
     driver copies the crops into the working store and commits the image
     (:func:`_commit_part`), so the progress log is only ever written by the driver.
     """
@@ -517,7 +518,9 @@ def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) 
                            n_shells=job.n_shells)
     folder = None
     if nuclei:
-        folder = pending_dir / hashlib.sha1(record.image_id.encode()).hexdigest()[:16]
+        # A fresh name per attempt: a task rerun after a lost worker, or a stale task of an
+        # interrupted run, never writes a folder the driver is reading.
+        folder = pending_dir / f"{hashlib.sha1(record.image_id.encode()).hexdigest()[:12]}-{uuid.uuid4().hex[:8]}"
         size = job.settings.crop_size
         with atomic_path(folder) as tmp:
             tmp.mkdir()

@@ -189,6 +189,25 @@ def _restore_describe() -> None:
     epikit.extraction.describe_nuclei = epikit.cells.describe_nuclei
 
 
+def test_interrupted_distributed_extraction_resumes(client, inputs: Path, local_run: Path,
+                                                    tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(local_run / "masks", run / "masks")
+    records = discover_images(inputs)
+    executor = get_executor(scheduler=client)
+
+    def stop_after_two(record, count: int) -> None:
+        if len((run / ".epikit" / "extract" / "progress.jsonl").read_text().splitlines()) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_cells(records, run / "masks", run, crop_size=CROP, executor=executor, on_image=stop_after_two)
+    assert not (run / "cells.parquet").exists()
+    summary = extract_cells(records, run / "masks", run, crop_size=CROP, executor=executor)
+    assert summary["n_images_resumed"] == 2 and summary["n_images_processed"] == len(records) - 2
+    _assert_same_run(run, local_run, inputs)
+
+
 class _WrongShapeSegmenter:
     """Breaks the segmenter contract: labels of the wrong shape (a ModelError, not retried)."""
 
