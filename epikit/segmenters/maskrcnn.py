@@ -117,7 +117,7 @@ class MaskRCNNSegmenter:
         tile_size: int = 512,
         overlap: int = 128,
         batch_size: int = 4,
-        score_threshold: float = 0.5,
+        score_threshold: float = 0.4,
         mask_threshold: float = 0.5,
         nms: float = 0.4,
         min_area: int = 10,
