@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_segmentation import SEED, diverse_fields, machine, score, study_fields  # noqa: E402
+from bench_segmentation import SEED, diverse_fields, machine, score, study_fields
 
 
 def model_facts(segmenter: Any) -> dict[str, Any]:

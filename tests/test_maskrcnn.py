@@ -3,6 +3,7 @@ bad weights raise ModelError, annotated-data loaders read their layouts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -18,8 +19,18 @@ from epikit.errors import InputError, ModelError
 from epikit.io import sha256_file, write_tiff
 from epikit.segmenters.dsb import load_training_images
 from epikit.segmenters.maskrcnn import MaskRCNNSegmenter, core_bounds, tile_starts
-from epikit.segmenters.maskrcnn_model import DEFAULT_WEIGHTS, ModelConfig, build_model, load_model, sidecar_path
-from epikit.segmenters.maskrcnn_train import AnnotatedCrops, TrainingStream, train_maskrcnn
+from epikit.segmenters.maskrcnn_model import (
+    DEFAULT_WEIGHTS,
+    ModelConfig,
+    build_model,
+    load_model,
+    sidecar_path,
+)
+from epikit.segmenters.maskrcnn_train import (
+    AnnotatedCrops,
+    TrainingStream,
+    train_maskrcnn,
+)
 from epikit.simulate import simulate_field
 
 TINY = ModelConfig(
@@ -164,7 +175,7 @@ def test_tile_cores_partition_the_axis_away_from_tile_edges(length, tile, overla
     cores = core_bounds(starts, tile, length)
     assert starts[0] == 0 and starts[-1] + min(tile, length) == length
     assert cores[0][0] == 0 and cores[-1][1] == length
-    assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(cores))
     for start, (low, high) in zip(starts, cores):
         # Interior core edges lie at least overlap/2 inside the tile.
         assert low == 0 or low - start >= overlap / 2

@@ -35,7 +35,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     stride = tile - overlap
     count = int(np.ceil((length - tile) / stride)) + 1
     # Spread the tiles evenly so every overlap is >= the requested one.
-    return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:

@@ -150,7 +150,7 @@ def build_model(config: ModelConfig | None = None) -> MaskRCNN:
     """A randomly initialised nuclei Mask R-CNN for ``config`` (default: the shipped one)."""
     config = config or ModelConfig()
     backbone = NucleiBackbone(config)
-    sizes = tuple((s, int(round(s * 2**0.5))) for s in config.anchor_sizes)
+    sizes = tuple((s, round(s * 2**0.5)) for s in config.anchor_sizes)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(config.aspect_ratios),) * len(sizes))
     channels = config.fpn_channels
     featmap_names = ["0", "1", "2", "3"]
@@ -227,7 +227,7 @@ def checkpoint_dict(model: MaskRCNN, config: ModelConfig, half: bool = True) -> 
 def _read_checkpoint_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
         raise ModelError(
             f"cannot read Mask R-CNN weights {path}: {type(error).__name__}: {error}; "
             "re-download or retrain it (epikit train-segmenter maskrcnn --out FILE)"
@@ -247,7 +247,7 @@ def _fetch_url(url: str) -> Path:
         try:
             # torchvision naming: "<name>-<sha256 prefix>.pth" lets the hub verify the prefix.
             download_url_to_file(url, str(cached), hash_prefix=_hub_hash_prefix(filename))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - urllib, OSError, hash mismatch (RuntimeError)
             raise ModelError(
                 f"cannot download Mask R-CNN weights {url}: {error}; "
                 "download the file elsewhere and pass weights=<path>"
