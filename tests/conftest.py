@@ -18,3 +18,15 @@ def fresh_registry():
 
     with use_registry(build_plugin_manager()) as registry:
         yield registry
+
+
+@pytest.fixture
+def single_torch_thread():
+    """Run torch on one thread for one test: small convolutions are faster so, above all on
+    the busy shared 2-core machine, where two OpenMP threads often wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

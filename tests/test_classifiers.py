@@ -8,6 +8,8 @@ import torch
 from epikit.errors import ConfigError, ModelError
 from epikit.registry import get_classifier, list_classifiers
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 #: Parameters that keep a contract test fast (the default timm arch is a full-size network).
 FAST_PARAMS = {"timm": {"arch": "test_efficientnet"}}
 
