@@ -73,7 +73,7 @@ def classification_scores(y: np.ndarray, proba: np.ndarray, classes: Sequence[st
                            "support": int(support[k])}
     recalls = [per_class[c]["recall"] for c in classes]
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": _ratio(np.trace(matrix), matrix.sum()),
         "balanced_accuracy": _mean_defined(recalls),
         "roc_auc": roc_auc(y, proba) if len(y) else None,

@@ -22,11 +22,11 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,12 @@ from epikit.classification_metrics import (
     image_level_scores,
 )
 from epikit.errors import ConfigError, DataError, ModelError
-from epikit.splits import SPLITS, check_groups_per_class, confounded_columns, grouped_folds
+from epikit.splits import (
+    SPLITS,
+    check_groups_per_class,
+    confounded_columns,
+    grouped_folds,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "exponential")
+RECIPES = ("default", "study")
 BALANCING = ("weights", "sampling", "none")
 ALL_CHANNELS = "all"
 CELL_SPLIT_WARNING = (
@@ -95,8 +101,9 @@ class TrainingOptions:
     @classmethod
     def study(cls, **changes: Any) -> TrainingOptions:
         """The published recipe: Adam, lr 1e-5 decaying 0.99 per epoch, 300 epochs, batch 128."""
-        recipe = dict(epochs=300, batch_size=128, lr=1e-5, optimizer="adam", weight_decay=0.0,
-                      schedule="exponential", warmup_epochs=0.0, lr_decay=0.99, patience=300)
+        recipe = {"epochs": 300, "batch_size": 128, "lr": 1e-5, "optimizer": "adam",
+                  "weight_decay": 0.0, "schedule": "exponential", "warmup_epochs": 0.0,
+                  "lr_decay": 0.99, "patience": 300}
         return cls(**{**recipe, **changes})
 
     def __post_init__(self) -> None:
@@ -115,15 +122,20 @@ class TrainingOptions:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> TrainingOptions:
-        """Options from a dict; unknown keys raise :class:`ConfigError` listing the known ones."""
+    def from_mapping(cls, values: dict[str, Any], recipe: str = "default") -> TrainingOptions:
+        """Options of ``recipe`` (``default`` or ``study``) changed by ``values``.
+
+        Unknown keys raise :class:`ConfigError` listing the known ones.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
                 f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        return cls(**values)
+        if recipe not in RECIPES:
+            raise ConfigError(f"recipe={recipe!r} is not one of: {', '.join(RECIPES)}")
+        return cls.study(**values) if recipe == "study" else cls(**values)
 
 
 @dataclass
@@ -265,6 +277,75 @@ def _epoch_order(
     return torch.randperm(n, generator=generator, device=train_labels.device)
 
 
+class _Fit:
+    """The state of one training run: data on its device, optimiser, schedule, scaler."""
+
+    def __init__(self, model: nn.Module, crops: torch.Tensor, labels: torch.Tensor,
+                 train_index: torch.Tensor, options: TrainingOptions, device: torch.device):
+        import torch
+        from torch import nn
+
+        self.model, self.crops, self.options, self.device = model, crops, options, device
+        self.generator = torch.Generator(device=device).manual_seed(options.seed)
+        self.train_index = train_index.to(crops.device)
+        self.train_labels = labels[self.train_index].to(device)
+        self.num_classes = _output_size(model)
+        self.weights = class_weights(self.train_labels, self.num_classes).to(device)
+        self.loss_weights = self.weights if options.balance == "weights" else None
+        self.criterion = nn.CrossEntropyLoss(weight=self.loss_weights)
+        optimizer_class = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(model.parameters(), lr=options.lr,
+                                         weight_decay=options.weight_decay)
+        n = len(self.train_labels)
+        steps_per_epoch = max(1, n // options.batch_size + (n % options.batch_size >= 2))
+        self.scheduler = learning_rate_schedule(self.optimizer, options, steps_per_epoch)
+        use_scaler = options.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    def epoch(self) -> tuple[float, float, int]:
+        """One pass over the training cells: (mean loss, accuracy, cells seen)."""
+        options, model = self.options, self.model
+        model.train()
+        order = _epoch_order(self.train_labels, self.weights, options, self.generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), options.batch_size):
+            positions = order[start:start + options.batch_size]
+            if len(positions) < 2:  # BatchNorm cannot train on one sample
+                continue
+            rows = self.train_index[positions.to(self.train_index.device)]
+            x = self.crops[rows].to(self.device, non_blocking=True)
+            y = self.train_labels[positions]
+            if options.augment:
+                x = augment_batch(x, self.generator, options.intensity_jitter)
+            with _autocast(self.device, options.amp):
+                logits = model(x)
+                loss = self.criterion(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if options.schedule == "cosine":
+                self.scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        if options.schedule == "exponential":
+            self.scheduler.step()
+        return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+
+    def validate(self, crops: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
+        """Loss (class-weighted like training), accuracy and balanced accuracy on ``crops``."""
+        from torch import nn
+
+        proba = predict_proba(self.model, crops, device=self.device)
+        loss = nn.functional.nll_loss(proba.clamp_min(1e-7).log(), labels,
+                                      weight=self.loss_weights)
+        scores = classification_scores(labels.cpu().numpy(), proba.cpu().numpy(),
+                                       [str(k) for k in range(self.num_classes)])
+        return {"val_loss": float(loss), "val_accuracy": scores["accuracy"],
+                "val_balanced_accuracy": scores["balanced_accuracy"]}
+
+
 def train_classifier(
     model: nn.Module,
     crops: torch.Tensor,
@@ -278,107 +359,58 @@ def train_classifier(
     """Train ``model`` on ``crops[train_index]``; keep the epoch of lowest validation loss.
 
     ``crops`` (N, C, S, S) float32 and ``labels`` (N,) long may live on the CPU or ``device``;
-    batches are gathered by index (no per-item loader). Without a validation set, training
-    runs all epochs and keeps the last (see :class:`TrainingOptions`). Returns eval mode.
+    batches are gathered by index (no per-item loader). Validation (and the BatchNorm refresh
+    before it) runs from ``min_epochs`` on; without a validation set, training runs all
+    epochs and keeps the last (see :class:`TrainingOptions`). Returns the model in eval mode.
     """
     import torch
-    from torch import nn
     from tqdm.auto import tqdm
 
     from epikit.device import default_device
 
     options = options or TrainingOptions()
     device = torch.device(device) if device is not None else default_device()
-    model.to(device)
-    generator = torch.Generator(device=device).manual_seed(options.seed)
-    num_classes = _output_size(model)
-    train_index = train_index.to(crops.device)
-    train_labels = labels[train_index].to(device)
-    weights = class_weights(train_labels, num_classes).to(device)
-    loss_weights = weights if options.balance == "weights" else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weights)
-    optimizer_class = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    steps_per_epoch = max(1, len(train_labels) // options.batch_size
-                          + (len(train_labels) % options.batch_size >= 2))
-    scheduler = learning_rate_schedule(optimizer, options, steps_per_epoch)
-    use_scaler = (options.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    fit = _Fit(model.to(device), crops, labels, train_index, options, device)
     has_validation = validation_index is not None and len(validation_index) > 0
-    min_epochs = options.epochs // 2 if options.min_epochs is None else options.min_epochs
-    min_epochs = min(max(min_epochs, 1), options.epochs)
     if has_validation:
         val_crops = crops[validation_index.to(crops.device)]
         val_labels = labels[validation_index.to(labels.device)].to(device)
+    min_epochs = options.epochs // 2 if options.min_epochs is None else options.min_epochs
+    min_epochs = min(max(min_epochs, 1), options.epochs)
 
     history: list[dict[str, float | None]] = []
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+    best_loss, best_epoch, best_state, stale = math.inf, options.epochs, None, 0
     samples, started = 0, time.perf_counter()
     bar = tqdm(range(1, options.epochs + 1), desc=description, disable=not options.progress,
                leave=False, unit="epoch")
     with _deterministic(device):
         for epoch in bar:
-            model.train()
-            order = _epoch_order(train_labels, weights, options, generator)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for start in range(0, len(order), options.batch_size):
-                positions = order[start:start + options.batch_size]
-                if len(positions) < 2:  # BatchNorm cannot train on one sample
-                    continue
-                x = crops[train_index[positions.to(train_index.device)]].to(device, non_blocking=True)
-                y = train_labels[positions]
-                if options.augment:
-                    x = augment_batch(x, generator, options.intensity_jitter)
-                with _autocast(device, options.amp):
-                    logits = model(x)
-                    loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if options.schedule == "cosine":
-                    scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-            if options.schedule == "exponential":
-                scheduler.step()
+            train_loss, train_accuracy, seen = fit.epoch()
             samples += seen
             record: dict[str, float | None] = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "val_loss": None,
-                "val_accuracy": None,
-                "val_balanced_accuracy": None,
+                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                "lr": fit.optimizer.param_groups[0]["lr"],
+                "val_loss": None, "val_accuracy": None, "val_balanced_accuracy": None,
             }
-            if options.precise_bn:
-                refresh_batch_norm(model, crops, train_index, options.batch_size * 4, device)
-            if has_validation:
-                proba = predict_proba(model, val_crops, device=device)
-                val_loss = float(nn.functional.nll_loss(
-                    proba.clamp_min(1e-7).log(), val_labels, weight=loss_weights))
-                scores = classification_scores(val_labels.cpu().numpy(), proba.cpu().numpy(),
-                                               [str(k) for k in range(num_classes)])
-                record.update(val_loss=val_loss, val_accuracy=scores["accuracy"],
-                              val_balanced_accuracy=scores["balanced_accuracy"])
+            candidate = epoch >= min_epochs and (has_validation or epoch == options.epochs)
+            if candidate and options.precise_bn:
+                refresh_batch_norm(model, crops, fit.train_index, options.batch_size * 4, device)
+            if candidate and has_validation:
+                record.update(fit.validate(val_crops, val_labels))
+                if record["val_loss"] < best_loss:
+                    best_loss, best_epoch, stale = record["val_loss"], epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
             history.append(record)
-            monitored = record["val_loss"] if has_validation else -epoch
-            if epoch < min_epochs:
-                pass  # warm-up epochs are neither kept nor counted against patience
-            elif monitored < best_loss:
-                best_loss, best_epoch, stale = monitored, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()
                              if k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
                              and v is not None})
-            if has_validation and stale >= options.patience:
+            if stale >= options.patience:
                 break
     bar.close()
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return TrainedModel(model, best_epoch, history, samples, time.perf_counter() - started)
 
@@ -560,23 +592,23 @@ def cross_validate(
         models[k] = trained
         fold_rows.append({
             "fold": k,
-            "n_train": int(len(fitting)),
-            "n_validation": int(len(validation)),
-            "n_test": int(len(test_positions)),
-            "n_test_groups": int(len(np.unique(groups[test_positions]))),
+            "n_train": len(fitting),
+            "n_validation": len(validation),
+            "n_test": len(test_positions),
+            "n_test_groups": len(np.unique(groups[test_positions])),
             "best_epoch": trained.best_epoch,
             "epochs_run": len(trained.history),
             "seconds": round(trained.seconds, 2),
             **{key: scores[key] for key in ("accuracy", "balanced_accuracy", "roc_auc", "f1")},
         })
-        if len(validation) == 0:
+        if len(validation) == 0 and options.validation_fraction > 0:
             note = f"fold {k}: too few groups for a validation split; trained all epochs, kept the last"
             log.warning(note)
             warnings.append(note)
     metrics = _summarise(labels, proba, fold, image_ids, classes, fold_rows, models)
     metrics.update(
         classifier=classifier, params=params, split=split, folds_requested=folds,
-        n_cells=int(n), n_groups=int(len(np.unique(groups))), in_channels=int(in_channels),
+        n_cells=int(n), n_groups=len(np.unique(groups)), in_channels=int(in_channels),
         crop_size=int(crop_size), device=str(device), warnings=warnings,
         training=dataclasses.asdict(options),
     )
@@ -733,13 +765,15 @@ def train_run(
     split: str = "group",
     folds: int = 5,
     device: torch.device | str | None = None,
+    recipe: str = "default",
     **training: Any,
 ) -> dict[str, Any]:
     """Cross-validate ``classifier`` on a run folder's cells, for each view; write the results.
 
     ``views``: ``None``/``"all"`` (every channel), a channel name, names joined by ``+``, or
     a list of such (``["all", "H3K27ac", "CTCF", "Hoechst"]``). ``training``: fields of
-    :class:`TrainingOptions` (``epochs``, ``batch_size``, ``lr``, ``seed``, ``progress``...).
+    :class:`TrainingOptions` (``epochs``, ``batch_size``, ``lr``, ``seed``, ``progress``...),
+    applied over ``recipe`` (``"default"``, or ``"study"`` for :meth:`TrainingOptions.study`).
     Writes ``model/`` (one view: ``fold_<k>.pt``; several: ``<view>/fold_<k>.pt``, plus
     ``training.json``), the prediction columns of ``cells.parquet`` and
     ``metrics.json["classification"]``, which it returns. With several views the first
@@ -751,7 +785,7 @@ def train_run(
     from epikit.io.store import atomic_path, update_metrics, write_json
 
     run_dir = Path(run_dir)
-    options = TrainingOptions.from_mapping(training)
+    options = TrainingOptions.from_mapping(training, recipe)
     dataset = CellDataset(run_dir)
     resolved = resolve_views(views, dataset.channel_names)
     labels = np.asarray(dataset.labels, dtype=np.int64)
@@ -824,7 +858,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
     device = torch.device(device) if device is not None else default_device()
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - corrupt or foreign files fail in many ways
+    except Exception as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}") from error
     params = {k: v for k, v in checkpoint["params"].items() if k != "pretrained"}
     model = get_classifier(checkpoint["classifier"], checkpoint["in_channels"],

@@ -29,7 +29,7 @@ from epikit.training import (
     validation_split,
 )
 
-FAST = dict(epochs=2, batch_size=16, progress=False)
+FAST = {"epochs": 2, "batch_size": 16, "progress": False}
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -225,6 +225,10 @@ def test_bad_training_input() -> None:
         resolve_views(["all", "H3K9me3"], ["Hoechst", "CTCF", "H3K27ac"])
     with pytest.raises(ConfigError, match="unknown training option"):
         TrainingOptions.from_mapping({"epoch": 3})
+    with pytest.raises(ConfigError, match="recipe"):
+        TrainingOptions.from_mapping({}, "paper")
+    study = TrainingOptions.from_mapping({"epochs": 30}, "study")
+    assert (study.optimizer, study.lr, study.lr_decay, study.epochs) == ("adam", 1e-5, 0.99, 30)
     assert resolve_views("all,CTCF+H3K27ac", ["Hoechst", "CTCF", "H3K27ac"]) == {
         "all": [0, 1, 2], "CTCF+H3K27ac": [1, 2]}
 

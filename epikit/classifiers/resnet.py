@@ -43,7 +43,7 @@ def _torchvision_state_dict(pretrained: Any) -> dict[str, torch.Tensor]:
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+        except Exception as error:
             raise ModelError(f"cannot load weights from {path}: {error}") from error
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
@@ -59,7 +59,7 @@ def _torchvision_state_dict(pretrained: Any) -> dict[str, torch.Tensor]:
     weights = ResNet18_Weights[text]
     try:
         return weights.get_state_dict(progress=False)
-    except Exception as error:  # noqa: BLE001 - offline download failures vary by platform
+    except Exception as error:
         raise ModelError(
             f"cannot fetch torchvision weights {weights} ({error}); without internet, download "
             f"{weights.url} elsewhere and pass -p pretrained=/path/to/{Path(weights.url).name}"

@@ -62,7 +62,7 @@ def _pretrained_overlay(pretrained: Any) -> dict[str, Any]:
         raise ConfigError(f"pretrained={pretrained!r}: no such weights file (or pass true/false)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as error:
         raise ModelError(f"cannot load weights from {path}: {error}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -98,7 +98,7 @@ def timm_classifier(
         )
     except TypeError as error:
         raise ConfigError(f"timm {arch!r} rejected a parameter: {error}") from error
-    except Exception as error:  # noqa: BLE001 - download/unpickling failures vary
+    except Exception as error:
         if not options["pretrained"]:
             raise
         raise ModelError(

@@ -26,7 +26,8 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs per fold (early stopping may end sooner)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per training step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw (default) or adam (the study's, with --lr 1e-5)."),
+    recipe: str = typer.Option("default", "--recipe", help="default (AdamW, cosine, 12 epochs) or study (Adam 1e-5, x0.99/epoch, 300 epochs, batch 128); options below override it."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or adam."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation loss."),
     seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)."),
@@ -42,7 +43,7 @@ def train_command(
              "patience": patience}
     options = {key: value for key, value in given.items() if value is not None}
     metrics = train_run(run_dir, classifier, parse_params(param), views=views or view,
-                        split=split, folds=folds, device=device, seed=seed,
+                        split=split, folds=folds, device=device, recipe=recipe, seed=seed,
                         progress=not quiet, **options)
     for name, result in (metrics.get("views") or {metrics["view"]: metrics}).items():
         spread = result["std"].get("balanced_accuracy")
