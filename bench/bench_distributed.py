@@ -58,8 +58,8 @@ def _warm_up() -> None:
     start-up is timed apart from the work; run in the driver and in every worker."""
     import numpy as np
 
-    import epikit.extraction  # noqa: F401
-    import epikit.segmentation  # noqa: F401
+    import epikit.extraction
+    import epikit.segmentation
     from epikit.distributed import build_plugin
 
     build_plugin("segmenter", "watershed").segment(np.zeros((3, 64, 64), np.float32))

@@ -401,5 +401,5 @@ def for_workers(record: T) -> T:
     """
     import dataclasses
 
-    path = getattr(record, "path")
+    path = record.path  # type: ignore[attr-defined]
     return dataclasses.replace(record, path=type(path)(os.path.abspath(path)))  # type: ignore[type-var]

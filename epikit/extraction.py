@@ -27,6 +27,7 @@ input files start afresh.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -457,7 +458,7 @@ def _batches(n: int, chunk: int, n_channels: int, crop_size: int) -> list[tuple[
     cell_bytes = 4 * n_channels * crop_size**2
     batch = chunk * max(1, BATCH_BYTES // (chunk * cell_bytes))
     edges = [*range(0, n, batch), n]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def _crop_batches(image: np.ndarray, labels: np.ndarray, nuclei: list[Any], job: _Job,

@@ -254,8 +254,9 @@ def test_cli_extract_on_a_scheduler(client, inputs: Path, local_run: Path, tmp_p
 
 
 def test_explain_chunks_on_workers_match_in_process(client, tmp_path: Path) -> None:
-    from epikit.explanation import explain_run, read_maps
     from tiny_runs import build_tiny_run
+
+    from epikit.explanation import explain_run, read_maps
 
     run = build_tiny_run(tmp_path, n_fields=6, epochs=1)
     copy = tmp_path / "copy"
