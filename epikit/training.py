@@ -459,15 +459,15 @@ def validation_split(
 ) -> np.ndarray:
     """Boolean mask of training cells held out for early stopping, whole groups at a time.
 
-    About ``fraction`` of the groups (at least one per class) while every class keeps at
-    least one training group; all False when that is impossible or ``fraction`` is 0.
+    About ``fraction`` of the groups, at least one per class; all False when ``fraction`` is
+    0 or a class has fewer than three training groups (too few to spare one).
     """
     if fraction <= 0 or len(labels) == 0:
         return np.zeros(len(labels), dtype=bool)
     fewest = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
-    parts = min(max(2, round(1 / fraction)), fewest)
-    if parts < 2:
+    if fewest < 3:
         return np.zeros(len(labels), dtype=bool)
+    parts = max(2, min(round(1 / fraction), fewest))
     return grouped_folds(labels, groups, parts, seed) == 0
 
 
