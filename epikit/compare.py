@@ -120,12 +120,14 @@ def compare_methods(
     *,
     ground_truth: str | Path | None = None,
     progress: bool = True,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Run every combination of the three lists on ``config``'s input; write the comparison.
 
     Returns the comparison table (also written to ``out/comparison.csv``) with an ``agrees``
     column: whether the combination's top finding (source, channel, region, direction)
-    matches the most common top finding of the grid.
+    matches the most common top finding of the grid. ``executor`` (see
+    :func:`epikit.distributed.get_executor`) runs the per-image and per-chunk work.
     """
     from epikit.registry import get_entry
 
@@ -141,17 +143,17 @@ def compare_methods(
     for segmenter in grid["segmenter"]:
         seg_config = merge_config(config, {"segment": {"segmenter": segmenter}})
         seg_dir = out / "shared" / segmenter
-        run_pipeline(seg_config, seg_dir, progress=progress, stop_after="extract")
+        run_pipeline(seg_config, seg_dir, progress=progress, stop_after="extract", executor=executor)
         for classifier in grid["classifier"]:
             clf_config = merge_config(seg_config, {"train": {"classifier": classifier}})
             clf_dir = out / "shared" / _combination_name(segmenter, classifier)
             _seeded_from(seg_dir, clf_dir)
-            run_pipeline(clf_config, clf_dir, progress=progress, stop_after="train")
+            run_pipeline(clf_config, clf_dir, progress=progress, stop_after="train", executor=executor)
             for explainer in grid["explainer"]:
                 run_config = merge_config(clf_config, {"explain": {"explainer": explainer}})
                 run_dir = out / "runs" / _combination_name(segmenter, classifier, explainer)
                 _seeded_from(clf_dir, run_dir)
-                run_pipeline(run_config, run_dir, progress=progress)
+                run_pipeline(run_config, run_dir, progress=progress, executor=executor)
                 names = {"segmenter": segmenter, "classifier": classifier, "explainer": explainer}
                 rows.append(_row(run_dir, names, truth))
     table = pd.DataFrame(rows)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from epikit.cli import command, parse_params
+from epikit.cli import command
+from epikit.cli.cluster import SCHEDULER, WORKERS
 
 
 @command("compare")
@@ -25,20 +26,18 @@ def compare_command(
     channels: Optional[str] = typer.Option(None, help="Comma-separated channel names."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="stage.key=value for every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    workers: int = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Compare methods on equal footing: shared segmentation, identical splits and seeds."""
+    from epikit.cli.run import resolve_settings
     from epikit.compare import COMPARISON_FILE, compare_methods
-    from epikit.config import default_config, load_config, merge_config, overrides_from_params
+    from epikit.distributed import get_executor
 
-    settings = load_config(config) if config else default_config()
-    flags: dict[str, object] = {}
-    if input is not None:
-        flags["input"] = str(input)
-    if channels:
-        flags["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
-    settings = merge_config(merge_config(settings, flags), overrides_from_params(parse_params(param)))
-    table = compare_methods(settings, out, segmenters, classifiers, explainers,
-                            ground_truth=ground_truth, progress=not quiet)
+    settings = resolve_settings(config, input, channels, param)
+    with get_executor(workers, scheduler) as executor:
+        table = compare_methods(settings, out, segmenters, classifiers, explainers,
+                                ground_truth=ground_truth, progress=not quiet, executor=executor)
     shown = [c for c in ("segmenter", "classifier", "explainer", "balanced_accuracy", "agrees") if c in table]
     typer.echo(table[shown].to_string(index=False))
     typer.echo(f"comparison: {out / COMPARISON_FILE} and {out / 'comparison.html'}")

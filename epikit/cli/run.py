@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from epikit.cli import command, parse_params
 from epikit.cli.cluster import SCHEDULER, WORKERS
+
+
+def resolve_settings(
+    config: Path | None,
+    input: Path | None,
+    channels: str | None,
+    param: list[str] | None,
+    *,
+    seed: int | None = None,
+    skip_bad: bool = False,
+    plugins: dict[str, dict[str, str | None]] | None = None,
+) -> dict[str, Any]:
+    """Defaults, then ``--config``, then command-line flags, then ``-p stage.key=value``."""
+    from epikit.config import default_config, load_config, merge_config, overrides_from_params
+
+    settings = load_config(config) if config else default_config()
+    flags: dict[str, Any] = {}
+    if input is not None:
+        flags["input"] = str(input)
+    if channels:
+        flags["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
+    if seed is not None:
+        flags["seed"] = seed
+    if skip_bad:
+        flags["skip_bad"] = True
+    for stage, options in (plugins or {}).items():
+        chosen = {key: value for key, value in options.items() if value}
+        if chosen:
+            flags[stage] = chosen
+    settings = merge_config(settings, flags)
+    return merge_config(settings, overrides_from_params(parse_params(param)))
 
 
 @command("run")
@@ -33,27 +64,13 @@ def run_command(
     scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Segment, extract cells, train, explain, find biomarkers and write a report."""
-    from epikit.config import default_config, load_config, merge_config, overrides_from_params
     from epikit.distributed import get_executor
     from epikit.pipeline import run_pipeline
 
-    settings = load_config(config) if config else default_config()
-    flags: dict[str, object] = {}
-    if input is not None:
-        flags["input"] = str(input)
-    if channels:
-        flags["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
-    if seed is not None:
-        flags["seed"] = seed
-    if skip_bad:
-        flags["skip_bad"] = True
-    for stage, key, value in (("segment", "segmenter", segmenter),
-                              ("train", "classifier", classifier),
-                              ("explain", "explainer", explainer)):
-        if value:
-            flags.setdefault(stage, {})[key] = value
-    settings = merge_config(settings, flags)
-    settings = merge_config(settings, overrides_from_params(parse_params(param)))
+    settings = resolve_settings(config, input, channels, param, seed=seed, skip_bad=skip_bad,
+                                plugins={"segment": {"segmenter": segmenter},
+                                         "train": {"classifier": classifier},
+                                         "explain": {"explainer": explainer}})
     with get_executor(workers, scheduler) as executor:
         manifest = run_pipeline(settings, out, force=force, progress=not quiet, executor=executor)
     typer.echo(f"run folder: {out}")
