@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "target": "predicted",
         PARAMS_KEY: {},
     },
-    "biomarkers": {"reference": "", "trust": True},
+    "biomarkers": {"reference": "", "trust": True, "trust_cells": 24, "control_epochs": 6},
     "report": {"enabled": True},
 }
 

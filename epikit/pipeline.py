@@ -112,7 +112,9 @@ def _stage_biomarkers(ctx: RunContext) -> dict[str, Any]:
 
     options = ctx.config["biomarkers"]
     return biomarker_run(ctx.run_dir, reference=options["reference"] or None,
-                         trust=options["trust"], seed=ctx.config["seed"])
+                         trust=options["trust"], seed=ctx.config["seed"],
+                         trust_cells=options["trust_cells"],
+                         control_epochs=options["control_epochs"] or None)
 
 
 def _stage_report(ctx: RunContext) -> dict[str, Any]:
