@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -238,7 +239,7 @@ def predict_proba(
     parts = []
     with torch.inference_mode(), _autocast(device, True):
         for start in range(0, len(crops), batch_size):
-            batch = crops[start:start + batch_size].to(device, non_blocking=True)
+            batch = crops[start:start + batch_size].to(device, non_blocking=True).float()
             parts.append(torch.softmax(model(batch).float(), dim=1))
     if not parts:
         return torch.zeros(0, 0, device=device)
@@ -313,7 +314,7 @@ class _Fit:
             if len(positions) < 2:  # BatchNorm cannot train on one sample
                 continue
             rows = self.train_index[positions.to(self.train_index.device)]
-            x = self.crops[rows].to(self.device, non_blocking=True)
+            x = self.crops[rows].to(self.device, non_blocking=True).float()
             y = self.train_labels[positions]
             if options.augment:
                 x = augment_batch(x, self.generator, options.intensity_jitter)
@@ -436,7 +437,7 @@ def refresh_batch_norm(
         for start in range(0, len(index), batch_size):
             batch = index[start:start + batch_size]
             if len(batch) > 1:
-                model(crops[batch].to(device, non_blocking=True))
+                model(crops[batch].to(device, non_blocking=True).float())
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
 
@@ -557,8 +558,7 @@ def cross_validate(
     fold, evaluated = assign_folds(labels, groups, classes, split, folds, options.seed)
     split_groups = np.arange(len(labels)) if split == "cell" else groups
 
-    data = torch.as_tensor(np.ascontiguousarray(crops), dtype=torch.float32)
-    data = _place(data, device)
+    data = _place(torch.as_tensor(np.ascontiguousarray(crops)), device)
     targets = torch.as_tensor(labels).to(data.device)
     n, in_channels, crop_size = len(labels), data.shape[1], data.shape[-1]
     proba = np.full((n, len(classes)), np.nan)
@@ -615,15 +615,41 @@ def cross_validate(
     return CrossValidation(classes, fold, cell_split.astype(str), proba, models, metrics, warnings)
 
 
+def _available_memory() -> float:
+    """Bytes of free RAM (Linux / macOS); infinity where the platform does not say."""
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return math.inf
+
+
 def _place(data: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move all crops to ``device`` when they fit comfortably in its memory, else keep on CPU."""
+    """All crops as one tensor, float32 where it fits (else float16, batches widened later).
+
+    On CUDA the tensor moves to the GPU when it takes under a third of the free memory;
+    otherwise it stays in pinned host memory and batches are copied over.
+    """
     import torch
 
+    wide = data.nelement() * 4 < _available_memory() / 3 or data.dtype == torch.float32
+    data = data.float() if wide else data.half()
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         if data.element_size() * data.nelement() > free // 3:
             return data.pin_memory()
     return data.to(device)
+
+
+def load_all_crops(dataset: Any, block: int = 4096) -> np.ndarray:
+    """Every crop of a :class:`~epikit.dataset.CellDataset`: float32 if it fits in RAM, else float16."""
+    n = len(dataset)
+    shape = (n, len(dataset.channel_names), dataset.crop_size, dataset.crop_size)
+    if 4 * math.prod(shape) < _available_memory() / 3:
+        return dataset.load_crops(np.arange(n)).astype(np.float32, copy=False)
+    crops = np.empty(shape, dtype=np.float16)
+    for start in range(0, n, block):
+        crops[start:start + block] = dataset.load_crops(np.arange(start, min(start + block, n)))
+    return crops
 
 
 def _summarise(
@@ -791,15 +817,17 @@ def train_run(
     labels = np.asarray(dataset.labels, dtype=np.int64)
     if len(labels) == 0:
         raise DataError(f"{run_dir / 'cells.parquet'} has no cells: nothing to train on")
-    crops = np.asarray(dataset.load_crops(np.arange(len(labels))), dtype=np.float32)
+    crops = load_all_crops(dataset)
     table = dataset.table
     image_ids = table["image_id"].to_numpy() if "image_id" in table else None
     results: dict[str, CrossValidation] = {}
     for view, channel_index in resolved.items():
+        every = channel_index == list(range(crops.shape[1]))
         results[view] = cross_validate(
-            crops[:, channel_index], labels, np.asarray(dataset.groups), dataset.classes,
-            classifier, params, split=split, folds=folds, options=options, image_ids=image_ids,
-            table=table, device=device, description=view if len(resolved) > 1 else "",
+            crops if every else crops[:, channel_index], labels, np.asarray(dataset.groups),
+            dataset.classes, classifier, params, split=split, folds=folds, options=options,
+            image_ids=image_ids, table=table, device=device,
+            description=view if len(resolved) > 1 else "",
         )
 
     several = len(resolved) > 1
