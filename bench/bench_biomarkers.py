@@ -63,7 +63,7 @@ def run_effect(effect: str, root: Path, args: argparse.Namespace) -> dict:
         "effect": effect,
         "cells": metrics["extraction"]["n_cells"],
         "accuracy": metrics["classification"]["accuracy"],
-        "image_accuracy": (metrics["classification"].get("image_level") or {}).get("accuracy"),
+        "image_accuracy": (metrics["classification"].get("image_level") or {}).get("mean_probability_accuracy"),
         "explained": explained["n_cells"],
         "explain_seconds_per_cell": explained["seconds_per_cell"],
         "findings": [{k: f.get(k) for k in ("text", "localisation", "source", "channel", "region", "q_value")}
