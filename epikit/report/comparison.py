@@ -64,7 +64,9 @@ def build_comparison_report(out: str | Path, table: pd.DataFrame, consensus: str
     shown = [c for c in shown if c in table]
     rows = []
     for _, row in table.iterrows():
-        link = html.element("a", "report", href=f"{Path(row['run']).relative_to(out).as_posix()}/report.html")
+        report = Path(row["run"]) / "report.html"
+        link = (html.element("a", "report", href=report.relative_to(out).as_posix())
+                if report.exists() else html.note("no report"))
         rows.append([*(row[c] for c in shown), link])
     classes = [None if agrees else "disagrees" for agrees in table.get("agrees", [True] * len(table))]
     verdict = (f"Most common top finding: {consensus}." if consensus
