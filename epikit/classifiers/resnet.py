@@ -32,6 +32,19 @@ def _downsampled(size: int, times: int) -> int:
     return size
 
 
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved at ``path`` (``weights_only=True``; a ``{"state_dict": ...}`` wrapper is unwrapped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"cannot load weights from {path}: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} does not hold a state dict (a mapping of parameter tensors)")
+    return state
+
+
 def _torchvision_state_dict(pretrained: Any) -> dict[str, torch.Tensor]:
     """ResNet-18 weights from a state-dict file or a torchvision weights enum name."""
     from torchvision.models import ResNet18_Weights
@@ -41,15 +54,7 @@ def _torchvision_state_dict(pretrained: Any) -> dict[str, torch.Tensor]:
     text = str(pretrained)
     path = Path(text).expanduser()
     if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ModelError(f"cannot load weights from {path}: {error}") from error
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ModelError(f"{path} does not hold a state dict (a mapping of parameter tensors)")
-        return state
+        return load_state_dict_file(path)
     names = [member.name for member in ResNet18_Weights] + ["DEFAULT"]
     if text not in names:
         raise ConfigError(

@@ -60,13 +60,9 @@ def _pretrained_overlay(pretrained: Any) -> dict[str, Any]:
     path = Path(str(pretrained)).expanduser()
     if not path.is_file():
         raise ConfigError(f"pretrained={pretrained!r}: no such weights file (or pass true/false)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelError(f"cannot load weights from {path}: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    return {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state}}
+    from epikit.classifiers.resnet import load_state_dict_file
+
+    return {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": load_state_dict_file(path)}}
 
 
 def timm_classifier(
