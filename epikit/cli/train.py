@@ -26,7 +26,7 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs per fold (early stopping may end sooner)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per training step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    recipe: str = typer.Option("default", "--recipe", help="default (AdamW, cosine, 12 epochs) or study (Adam 1e-5, x0.99/epoch, 300 epochs, batch 128); options below override it."),
+    recipe: str = typer.Option("default", "--recipe", help="default (AdamW, cosine, 16 epochs) or study (Adam 1e-5, x0.99/epoch, 300 epochs, batch 128); options below override it."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or adam."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation loss."),
     seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
