@@ -190,6 +190,20 @@ def test_training_is_deterministic_and_learns_a_clear_effect() -> None:
     assert not np.array_equal(other_seed.proba, runs[0].proba)
 
 
+def test_holdout_with_balanced_sampling() -> None:
+    crops, labels, groups = field_crops(6, 4, size=16, effect=1.5, seed=2)
+    options = TrainingOptions(epochs=2, balance="sampling", progress=False)
+    result = cross_validate(crops, labels, groups, ["ctrl", "vpa"], "cnn", {"width": 8},
+                            split="holdout", folds=3, options=options)
+    assert [row["fold"] for row in result.metrics["folds"]] == [0]
+    test = result.fold == 0
+    assert set(result.split[test]) == {"test"} and set(result.fold[~test]) == {-1}
+    assert {"train", "validation"} == set(result.split[~test])
+    assert not set(groups[test]) & set(groups[~test])
+    assert np.isnan(result.proba[~test]).all() and not np.isnan(result.proba[test]).any()
+    assert result.metrics["n"] == int(test.sum())
+
+
 def test_grouped_cv_is_honest_where_a_cell_split_leaks() -> None:
     """No condition effect, strong per-field brightness: only a cell split 'learns' it."""
     # 48 fields of 8 cells; each field has its own gain per channel (log-normal, sd 1.2).
