@@ -1,7 +1,8 @@
 """Run configuration: defaults, TOML files, ``-p stage.key=value`` overrides.
 
 A configuration is a nested dict with one table per stage. Keys a stage knows are its
-options; any other key given for a stage goes to its plugin (``segment.min_area=30`` reaches
+options; any other key given for a stage goes to its plugin (for ``train``, keys naming a
+:class:`epikit.training.TrainingOptions` field, such as ``patience``, go to the training loop) (``segment.min_area=30`` reaches
 the segmenter as ``min_area=30``), so every option of every stage and plugin is reachable
 from the command line and from ``config.toml``. The resolved configuration is written into
 the run folder, and ``epikit run --config RUN/config.toml`` reproduces the run.

@@ -90,10 +90,15 @@ def _stage_extract(ctx: RunContext) -> dict[str, Any]:
 
 
 def _stage_train(ctx: RunContext) -> dict[str, Any]:
-    from epikit.training import train_run
+    from dataclasses import fields
+
+    from epikit.training import TrainingOptions, train_run
 
     options = dict(ctx.config["train"])
-    params = options.pop("params")
+    # Plugin-stage keys land in params; those naming a training option belong to the loop.
+    loop_keys = {f.name for f in fields(TrainingOptions)} | {"recipe"}
+    params = {k: v for k, v in options.pop("params").items() if k not in loop_keys}
+    options.update({k: v for k, v in ctx.config["train"]["params"].items() if k in loop_keys})
     return train_run(ctx.run_dir, seed=ctx.config["seed"], params=params,
                      progress=ctx.progress, **options)
 

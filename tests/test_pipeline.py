@@ -21,7 +21,7 @@ from epikit.registry import use_registry
 TINY = {
     "demo": {"fields": 6, "size": 192, "min_nuclei": 8, "max_nuclei": 12},
     "segment": {"segmenter": "flaky-watershed"},
-    "train": {"classifier": "cnn", "folds": 2, "epochs": 3},
+    "train": {"classifier": "cnn", "folds": 2, "epochs": 3, "patience": 2},  # patience: a loop option
     "explain": {"explainer": "gradcam", "max_cells": 12},
     "biomarkers": {"trust": False},
 }
