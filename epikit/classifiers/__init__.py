@@ -14,7 +14,7 @@ def epikit_register_classifiers(register: Register) -> None:
     """Register the built-in classifiers."""
     register(
         "resnet10",
-        "epikit.classifiers.resnet:resnet10",
+        "epikit.classifiers.resnet:ResNet10",
         summary="The study's 9-conv ResNet: ResNet-18 cut after layer2 + one Linear layer",
     )
     register(

@@ -114,10 +114,15 @@ def _resnet18_backbone(in_channels: int, pretrained: Any, stem_pool: str) -> nn.
 
 
 class ResNet10(nn.Module):
-    """The study's classifier: ResNet-18 up to ``layer2``, then one Linear layer.
+    """The study's 9-conv ResNet ("ResNet10"): ResNet-18 up to ``layer2``, then one Linear layer.
 
-    ``pooling="flatten"`` (the study's) flattens the 128 x (S/8) x (S/8) map, so the head
-    depends on the crop size; ``pooling="avg"`` averages it to 128 values first.
+    Registered as the ``resnet10`` classifier; the class is its factory.
+    ``pooling``: ``"flatten"`` (the study's) flattens the 128 x (S/8) x (S/8) map, so the head
+    depends on the crop size; ``"avg"`` averages it to 128 values first.
+    ``stem_pool``: ``"max"`` (study) or ``"avg"`` (the stem's max-pool replaced by avg-pool).
+    ``pretrained``: None (random init), a path to a ResNet-18 state dict, or a torchvision
+    weights name such as ``"IMAGENET1K_V1"``. ``dropout`` before the Linear layer.
+    CAM layer: ``layer2``.
     """
 
     cam_layer = "layer2"
@@ -156,26 +161,6 @@ class ResNet10(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def resnet10(
-    in_channels: int,
-    num_classes: int,
-    crop_size: int,
-    pooling: str = "flatten",
-    stem_pool: str = "max",
-    pretrained: Any = None,
-    dropout: float = 0.0,
-) -> nn.Module:
-    """The study's 9-conv ResNet ("ResNet10"): ResNet-18 cut after layer2 + one Linear layer.
-
-    ``pooling``: ``"flatten"`` (study) or ``"avg"`` (global average pool before the Linear).
-    ``stem_pool``: ``"max"`` (study) or ``"avg"`` (the stem's max-pool replaced by avg-pool).
-    ``pretrained``: None (random init), a path to a ResNet-18 state dict, or a torchvision
-    weights name such as ``"IMAGENET1K_V1"``. ``dropout`` before the Linear layer.
-    CAM layer: ``layer2``.
-    """
-    return ResNet10(in_channels, num_classes, crop_size, pooling, stem_pool, pretrained, dropout)
-
-
 def resnet18(
     in_channels: int,
     num_classes: int,
@@ -185,7 +170,7 @@ def resnet18(
 ) -> nn.Module:
     """The full torchvision ResNet-18 with ``in_channels`` inputs and a new ``num_classes`` head.
 
-    ``pretrained`` and ``stem_pool`` as for :func:`resnet10`. CAM layer: ``layer4``.
+    ``pretrained`` and ``stem_pool`` as for :class:`ResNet10`. CAM layer: ``layer4``.
     ``crop_size`` is accepted for the common factory signature (global pooling makes the
     network size-agnostic).
     """
