@@ -109,8 +109,12 @@ def two_blob_crops(n: int, size: int = 32) -> torch.Tensor:
     return crops * 10
 
 
-def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting="score", score="probability"):
-    """Score-CAM by its definition: one forward per map and cell, no shortcuts."""
+def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting="score", score="probability",
+                   align_corners=False):
+    """Score-CAM by its definition: one forward per map and cell, no shortcuts.
+
+    ``align_corners`` applies to the masks; the map itself is upsampled half-pixel aligned.
+    """
     captured = {}
     handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
     maps = []
@@ -125,7 +129,9 @@ def naive_scorecam(model: nn.Module, layer: nn.Module, crops, targets, weighting
                                    align_corners=False)[0, 0]
                 if up.max() == up.min():
                     continue
-                mask = (up - up.min()) / (up.max() - up.min())
+                source = F.interpolate(a[None, None], size=(size, size), mode="bilinear",
+                                       align_corners=align_corners)[0, 0]
+                mask = (source - source.min()) / (source.max() - source.min())
                 output = model(x[None] * mask)
                 if score == "probability":
                     output = torch.softmax(output, dim=1)
@@ -147,15 +153,15 @@ def model_and_crops():
     return with_random_bn_statistics(SmallResNet(24)), torch.rand(3, 3, 24, 24)
 
 
-@pytest.mark.parametrize("weighting, score", [("score", "probability"),
-                                              ("softmax-over-channels", "probability"),
-                                              ("softmax-over-channels", "logit")])
-def test_scorecam_equals_naive_loop(model_and_crops, weighting, score):
+@pytest.mark.parametrize("weighting, score, align_corners", [("score", "probability", False),
+                                                             ("softmax-over-channels", "probability", False),
+                                                             ("softmax-over-channels", "logit", True)])
+def test_scorecam_equals_naive_loop(model_and_crops, weighting, score, align_corners):
     model, crops = model_and_crops
     targets = torch.tensor([0, 1, 1])
-    explainer = ScoreCAM(weighting=weighting, score=score, batch_size=50, cell_batch=2)
+    explainer = ScoreCAM(weighting=weighting, score=score, align_corners=align_corners, batch_size=50, cell_batch=2)
     fast = explainer.explain(model, crops, targets)
-    slow = naive_scorecam(model, model.layer2, crops, targets, weighting, score)
+    slow = naive_scorecam(model, model.layer2, crops, targets, weighting, score, align_corners)
     assert fast.shape == (3, 24, 24)
     assert float((fast - slow).abs().max()) < 1e-5
     assert torch.equal(fast.amax(dim=(1, 2)), torch.ones(3))

@@ -19,7 +19,8 @@ The libraries pytorch-grad-cam and torchcam weight the maps differently: by defa
 score the target's *logit* and pass the scores through a softmax over the channels;
 ``score="logit", weighting="softmax-over-channels"`` reproduces that (and
 ``score="probability", weighting="softmax-over-channels"`` matches pytorch-grad-cam with
-``ClassifierOutputSoftmaxTarget``).
+``ClassifierOutputSoftmaxTarget``); pytorch-grad-cam also upsamples the masks with
+``align_corners=True`` (``align_corners=True`` here).
 
 ``top_k`` scores only the ``k`` channels with the largest mean activation per cell, an
 approximation reported in :attr:`ScoreCAM.info`. A map whose weighted sum is nowhere
@@ -76,6 +77,10 @@ class ScoreCAM:
     top_k:
         Score only the ``top_k`` channels with the highest mean activation per cell
         (approximate); ``None`` scores all channels (exact).
+    align_corners:
+        Bilinear upsampling of the masks: ``False`` (default, the authors' code and torchcam)
+        or ``True`` (pytorch-grad-cam's ``UpsamplingBilinear2d``). The final map is always
+        upsampled with ``align_corners=False``.
     fold_bn, channels_last:
         Exact inference speed-ups, on by default; switch off to compare.
     """
@@ -88,6 +93,7 @@ class ScoreCAM:
         batch_size: int | None = None,
         cell_batch: int = 64,
         top_k: int | None = None,
+        align_corners: bool = False,
         fold_bn: bool = True,
         channels_last: bool = True,
     ) -> None:
@@ -106,6 +112,7 @@ class ScoreCAM:
         self.batch_size = batch_size
         self.cell_batch = cell_batch
         self.top_k = top_k
+        self.align_corners = bool(align_corners)
         self.fold_bn = fold_bn
         self.channels_last = channels_last
         self.info: dict[str, Any] = {}
@@ -120,6 +127,7 @@ class ScoreCAM:
             "batch_size": self.batch_size,
             "cell_batch": self.cell_batch,
             "top_k": self.top_k,
+            "align_corners": self.align_corners,
             "fold_bn": self.fold_bn,
             "channels_last": self.channels_last,
         }
@@ -207,7 +215,7 @@ class ScoreCAM:
                 activations[cell, channel][:, None],
                 size=(size, size),
                 mode="bilinear",
-                align_corners=False,
+                align_corners=self.align_corners,
             )
             low = masks.amin(dim=(2, 3), keepdim=True)
             masks = (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low)
