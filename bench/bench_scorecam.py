@@ -9,6 +9,8 @@ by every implementation in interleaved repeats (the minimum time per method is k
                         the weighting both libraries use by default (compared with torchcam);
 * ``epikit-pgc``        the same with ``align_corners=True`` mask upsampling, as
                         pytorch-grad-cam (compared with pytorch-grad-cam);
+* ``epikit-bf16``       ``scorecam`` with ``precision="bfloat16"`` (approximate; compared with
+                        ``epikit``);
 * ``pytorch-grad-cam``  ``ScoreCAM`` (default target = logit) at batch sizes 8 / 16 (its
                         default) / 128; the fastest counts;
 * ``torchcam``          ``ScoreCAM`` (logit scores) at batch sizes 8 / 32 (its default) / 128.
@@ -155,6 +157,7 @@ def bench_size(size: int, cells: int, epochs: int, repeats: int) -> dict:
             model, crops, targets),
         "epikit-pgc": lambda: ScoreCAM(score="logit", weighting="softmax-over-channels", align_corners=True).explain(
             model, crops, targets),
+        "epikit-bf16": lambda: ScoreCAM(precision="bfloat16").explain(model, crops, targets),
     }
     for name, (run, batch_sizes) in library_runners(model, layer).items():
         for batch_size in batch_sizes:
@@ -174,8 +177,8 @@ def bench_size(size: int, cells: int, epochs: int, repeats: int) -> dict:
     rows = {}
     for name, seconds in best.items():
         row = {"seconds_per_cell": seconds / len(crops), "floor_ratio": seconds / len(crops) / floor}
-        if name.startswith(("pytorch-grad-cam", "torchcam")):
-            matching = "epikit-pgc" if name.startswith("pytorch-grad-cam") else "epikit-libweights"
+        if name.startswith(("pytorch-grad-cam", "torchcam", "epikit-bf16")):
+            matching = {"p": "epikit-pgc", "t": "epikit-libweights", "e": "epikit"}[name[0]]
             r = pearson(outputs[matching], outputs[name])
             row.update(pearson_mean=float(r.mean()), pearson_min=float(r.min()))
         rows[name] = row

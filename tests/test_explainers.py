@@ -195,6 +195,16 @@ def test_scorecam_top_k_is_flagged_and_all_channels_is_exact(model_and_crops):
     assert maps.shape == exact.shape and float(maps.min()) >= 0 and float(maps.max()) <= 1
 
 
+def test_scorecam_bfloat16_is_flagged_approximate_and_close(model_and_crops):
+    model, crops = model_and_crops
+    exact = ScoreCAM().explain(model, crops)
+    fast = ScoreCAM(precision="bfloat16")
+    maps = fast.explain(model, crops)
+    assert fast.info["approximate"] is True and fast.info["precision"] == "bfloat16"
+    correlation = torch.corrcoef(torch.stack([maps.flatten(), exact.flatten()]))[0, 1]
+    assert float(correlation) > 0.99
+
+
 def test_batch_norm_folding_is_exact_and_on_a_copy():
     model, crops = study_model(32), torch.rand(2, 3, 32, 32)
     folded, pairs = fold_batchnorm(model, crops[:1])
@@ -314,6 +324,8 @@ def test_bad_parameters_are_config_errors():
         epikit.get_explainer("scorecam", weighting="max")
     with pytest.raises(ConfigError, match="score"):
         epikit.get_explainer("scorecam", score="softmax")
+    with pytest.raises(ConfigError, match="precision"):
+        epikit.get_explainer("scorecam", precision="float16")
     with pytest.raises(ConfigError, match="batch_size"):
         epikit.get_explainer("scorecam", batch_size=0)
     with pytest.raises(ConfigError, match="top_k"):
