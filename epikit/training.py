@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -61,6 +64,7 @@ CELL_SPLIT_WARNING = (
     "recognise fields instead of conditions, so accuracy can be overestimated; use "
     "split='group' for an honest estimate"
 )
+FOLD_STORE = Path(".epikit") / "train_folds"  # finished folds of an unfinished train_run
 PREDICTION_COLUMNS = ("fold", "split", "prediction", "probability", "correct")
 
 
@@ -509,6 +513,81 @@ def _check_inputs(crops: Any, labels: np.ndarray, groups: np.ndarray, classes: S
         raise DataError(f"labels must index the {len(classes)} classes {list(classes)}")
 
 
+class FoldStore:
+    """Finished folds of one cross-validation on disk, so an interrupted one resumes.
+
+    Each fold is saved as ``fold_<k>.pt`` (weights, curves, out-of-fold probabilities; read
+    back with ``weights_only=True``) together with a key: a hash of the crops, labels,
+    groups, classifier, parameters, split and training options. A file whose key differs
+    (other data or settings) is ignored and overwritten. Fold ``k`` is trained from its own
+    seed, so a resumed cross-validation equals an uninterrupted one.
+    """
+
+    def __init__(self, directory: Path, key: str, build: Any, device: torch.device) -> None:
+        self.directory = directory
+        self.key = key
+        self.build = build
+        self.device = device
+
+    @staticmethod
+    def key(crops: Any, labels: np.ndarray, groups: np.ndarray, classifier: str,
+            params: dict[str, Any], split: str, folds: int, options: TrainingOptions) -> str:
+        """Hash of everything a fold's result depends on."""
+        digest = hashlib.sha256()
+        array = np.ascontiguousarray(crops.cpu().numpy() if hasattr(crops, "cpu") else crops)
+        for part in (array, labels, np.asarray(groups).astype(str)):
+            digest.update(str(part.shape).encode())
+            digest.update(part.tobytes())
+        settings = {"classifier": classifier, "params": params, "split": split, "folds": folds,
+                    "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "progress"}}
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+    def path(self, fold: int) -> Path:
+        """The file of fold ``fold``."""
+        return self.directory / f"fold_{fold}.pt"
+
+    def load(self, fold: int) -> tuple[TrainedModel, np.ndarray] | None:
+        """The saved (model, out-of-fold probabilities) of ``fold``, or None if absent or stale."""
+        import torch
+
+        path = self.path(fold)
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as error:  # a torn or foreign file: train the fold again
+            log.warning("ignoring unreadable saved fold %s (%s)", path, error)
+            return None
+        if saved.get("key") != self.key:
+            return None
+        model = self.build()
+        model.load_state_dict(saved["state_dict"])
+        trained = TrainedModel(model.to(self.device).eval(), saved["best_epoch"], saved["history"],
+                               saved["samples_seen"], saved["seconds"])
+        log.info("fold %d: reusing the model saved in %s", fold, path)
+        return trained, saved["test_proba"].numpy()
+
+    def save(self, fold: int, trained: TrainedModel, test_proba: np.ndarray) -> None:
+        """Write fold ``fold`` atomically."""
+        import torch
+
+        from epikit.io.store import atomic_path
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(fold)) as temporary:
+            torch.save({
+                "key": self.key,
+                "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
+                "best_epoch": int(trained.best_epoch),
+                "history": [{k: v.item() if isinstance(v, np.generic) else v for k, v in record.items()}
+                            for record in trained.history],
+                "samples_seen": int(trained.samples_seen),
+                "seconds": float(trained.seconds),
+                "test_proba": torch.as_tensor(test_proba),
+            }, temporary)
+
+
 def cross_validate(
     crops: np.ndarray | torch.Tensor,
     labels: np.ndarray,
@@ -524,14 +603,18 @@ def cross_validate(
     table: pd.DataFrame | None = None,
     device: torch.device | str | None = None,
     description: str = "",
+    resume_dir: str | Path | None = None,
 ) -> CrossValidation:
     """Train ``classifier`` once per fold and score its out-of-fold predictions.
 
     ``crops`` (N, C, S, S) float, ``labels`` (N,) ints indexing ``classes``, ``groups`` (N,)
     the unit no split may cut (field / well / replicate). ``image_ids`` enables image-level
     votes (defaults to ``groups``); ``table`` (cells with batch columns such as ``plate``)
-    enables the confound check. Raises :class:`DataError` for data that cannot support the
-    split (one class, too few groups per class for ``folds``, no cells).
+    enables the confound check. ``resume_dir``: each finished fold is saved there and reused
+    by a later call with the same data and settings (see :class:`FoldStore`), so an
+    interrupted cross-validation restarts at its first unfinished fold. Raises
+    :class:`DataError` for data that cannot support the split (one class, too few groups
+    per class for ``folds``, no cells).
     """
     import torch
 
@@ -557,6 +640,11 @@ def cross_validate(
             warnings.append(message)
     fold, evaluated = assign_folds(labels, groups, classes, split, folds, options.seed)
     split_groups = np.arange(len(labels)) if split == "cell" else groups
+    store = None
+    if resume_dir is not None:
+        key = FoldStore.key(crops, labels, groups, classifier, params, split, folds, options)
+        store = FoldStore(Path(resume_dir), key, lambda: get_classifier(
+            classifier, np.shape(crops)[1], len(classes), np.shape(crops)[-1], **params), device)
 
     data = _place(torch.as_tensor(np.ascontiguousarray(crops)), device)
     targets = torch.as_tensor(labels).to(data.device)
@@ -575,17 +663,23 @@ def cross_validate(
         fitting = train_positions[~held]
         if split == "holdout":
             cell_split[validation] = "validation"
-        torch.manual_seed(options.seed * 1009 + k)
-        model = get_classifier(classifier, in_channels, len(classes), crop_size, **params)
-        fold_options = dataclasses.replace(options, seed=options.seed * 1009 + k)
-        label = f"{description + ' ' if description else ''}fold {k + 1}/{len(evaluated)}"
-        trained = train_classifier(
-            model, data, targets, torch.as_tensor(fitting), torch.as_tensor(validation),
-            fold_options, device, description=label,
-        )
         test_positions = np.flatnonzero(test)
-        test_proba = predict_proba(trained.model, data[torch.as_tensor(test_positions).to(data.device)],
-                                   device=device).cpu().numpy()
+        saved = store.load(k) if store is not None else None
+        if saved is not None:
+            trained, test_proba = saved
+        else:
+            torch.manual_seed(options.seed * 1009 + k)
+            model = get_classifier(classifier, in_channels, len(classes), crop_size, **params)
+            fold_options = dataclasses.replace(options, seed=options.seed * 1009 + k)
+            label = f"{description + ' ' if description else ''}fold {k + 1}/{len(evaluated)}"
+            trained = train_classifier(
+                model, data, targets, torch.as_tensor(fitting), torch.as_tensor(validation),
+                fold_options, device, description=label,
+            )
+            test_proba = predict_proba(trained.model, data[torch.as_tensor(test_positions).to(data.device)],
+                                       device=device).cpu().numpy()
+            if store is not None:
+                store.save(k, trained, test_proba)
         proba[test_positions] = test_proba
         cell_split[test_positions] = "test"
         scores = classification_scores(labels[test_positions], test_proba, classes)
@@ -804,6 +898,8 @@ def train_run(
     ``training.json``), the prediction columns of ``cells.parquet`` and
     ``metrics.json["classification"]``, which it returns. With several views the first
     view's metrics are also the top-level ones and every view's sit under ``views``.
+    Finished folds wait in ``.epikit/train_folds/`` until all are done, so an interrupted
+    call, run again with the same settings, trains only the folds it had not finished.
     """
     import torch
 
@@ -828,6 +924,7 @@ def train_run(
             dataset.classes, classifier, params, split=split, folds=folds, options=options,
             image_ids=image_ids, table=table, device=device,
             description=view if len(resolved) > 1 else "",
+            resume_dir=run_dir / FOLD_STORE / view,
         )
 
     several = len(resolved) > 1
@@ -857,6 +954,7 @@ def train_run(
     if several:
         summary["views"] = {view: cv.metrics for view, cv in results.items()}
     update_metrics(run_dir, "classification", summary)
+    shutil.rmtree(run_dir / FOLD_STORE, ignore_errors=True)
     return summary
 
 

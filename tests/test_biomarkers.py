@@ -136,6 +136,21 @@ def test_region_values_and_localisation():
     assert localisation("shell_3", 0.1, 5) == "mid"
 
 
+def test_findings_tied_on_q_and_delta_rank_the_clearer_separation_first():
+    from epikit.analysis.biomarkers import rank_findings
+
+    base = {"source": "image", "explainer": "", "region": "shell_1", "condition": "vpa",
+            "reference": "ctrl", "cliffs_delta": 1.0, "p_value": 0.001, "q_value": 0.002,
+            "unit": "image", "n_condition": 6, "n_reference": 6}
+    table = pd.DataFrame([
+        {**base, "channel": "narrow", "effect": 0.5, "hedges_g": 1.5},  # bigger raw effect
+        {**base, "channel": "clear", "effect": 0.01, "hedges_g": 6.0},
+        {**base, "channel": "weak", "effect": 0.9, "hedges_g": 0.4, "q_value": 0.04, "cliffs_delta": 0.6},
+        {**base, "channel": "cell", "effect": 0.9, "hedges_g": 9.0, "unit": "cell", "q_value": 1e-9},
+    ])
+    assert [f["channel"] for f in rank_findings(table)] == ["clear", "narrow", "weak"]
+
+
 def test_map_shell_shares_of_a_rim_map_and_a_centre_map():
     yy, xx = np.mgrid[:32, :32] - 15.5
     radius = np.hypot(yy, xx)

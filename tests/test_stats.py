@@ -14,6 +14,7 @@ from epikit.analysis.stats import (
     cliffs_delta,
     compare_conditions,
     compare_images,
+    hedges_g,
     minimum_p,
     permutation_test,
 )
@@ -40,6 +41,13 @@ def test_cliffs_delta_hand_example_and_brute_force():
     x, y = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, 30).astype(float)
     brute = np.mean(np.sign(x[:, None] - y[None, :]))
     assert cliffs_delta(x, y) == pytest.approx(brute)
+
+
+def test_hedges_g_hand_example_and_degenerate_groups():
+    # means 2 and 5, both variances 1: d = -3, correction 1 - 3 / (4 * 6 - 9) = 0.8
+    assert hedges_g([1, 2, 3], [4, 5, 6]) == pytest.approx(-3 * 0.8)
+    assert hedges_g([1, 1], [0, 0]) == float("inf")
+    assert np.isnan(hedges_g([1, 1], [1, 1])) and np.isnan(hedges_g([1], [0, 2]))
 
 
 def test_benjamini_hochberg_hand_example():

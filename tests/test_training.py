@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -190,6 +191,36 @@ def test_training_is_deterministic_and_learns_a_clear_effect() -> None:
     assert not np.array_equal(other_seed.proba, runs[0].proba)
 
 
+def test_interrupted_cross_validation_resumes_at_its_first_unfinished_fold(tmp_path, monkeypatch) -> None:
+    import epikit.training as training
+
+    crops, labels, groups = field_crops(6, 4, size=16, effect=1.5, seed=2)
+    options = TrainingOptions(epochs=2, seed=3, progress=False)
+    args = (crops, labels, groups, ["ctrl", "vpa"], "cnn", {"width": 4})
+    reference = cross_validate(*args, options=options, folds=3)
+    real, calls, interrupt = training.train_classifier, [], [True]
+
+    def interrupted_at_fold_2(*a, **k):
+        calls.append(k["description"])
+        if interrupt[0] and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_classifier", interrupted_at_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(*args, options=options, folds=3, resume_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold_0.pt", "fold_1.pt"]
+    calls.clear()
+    interrupt[0] = False
+    resumed = cross_validate(*args, options=options, folds=3, resume_dir=tmp_path)
+    assert calls == ["fold 3/3"]  # folds 1 and 2 came from disk
+    assert np.array_equal(resumed.proba, reference.proba)
+    assert without_timings(resumed.metrics) == without_timings(reference.metrics)
+    calls.clear()
+    cross_validate(*args, options=dataclasses.replace(options, lr=5e-4), folds=3, resume_dir=tmp_path)
+    assert len(calls) == 3  # other settings: nothing reused
+
+
 def test_holdout_with_balanced_sampling() -> None:
     crops, labels, groups = field_crops(6, 4, size=16, effect=1.5, seed=2)
     options = TrainingOptions(epochs=2, balance="sampling", progress=False)
@@ -306,6 +337,7 @@ def test_train_command_views_and_errors(simulated_run) -> None:
                                  "--epochs", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (simulated_run / "model" / "H3K27ac" / "fold_1.pt").is_file()
+    assert not (simulated_run / ".epikit" / "train_folds").exists()  # per-fold saves cleared when done
     metrics = json.loads((simulated_run / "metrics.json").read_text())["classification"]
     assert set(metrics["views"]) == {"all", "H3K27ac"}
     assert metrics["views"]["H3K27ac"]["channels"] == ["H3K27ac"]

@@ -35,7 +35,7 @@ from epikit.errors import ConfigError, DataError
 KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
 COLUMNS: tuple[str, ...] = (
     "source", "explainer", "channel", "region", "statistic", "condition", "reference",
-    "mean_condition", "mean_reference", "effect", "cliffs_delta", "p_value", "q_value", "unit",
+    "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
     "test", "n_condition", "n_reference", "min_p",
 )
 RIM_VS_CENTRE = "rim_vs_centre"
@@ -171,11 +171,15 @@ def finding_text(row: pd.Series, n_shells: int) -> str:
 
 
 def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10) -> list[dict[str, Any]]:
-    """Image-level rows with q < ``alpha``, ranked by q, then |Cliff's delta|, then |effect|."""
+    """Image-level rows with q < ``alpha``, ranked by q, then |Cliff's delta|, then |Hedges' g|.
+
+    Few images make q and Cliff's delta tie often (the smallest attainable p, complete
+    separation); Hedges' g, scale-free unlike ``effect``, then ranks the clearer separation first.
+    """
     rows = table[(table["unit"] == "image") & (table["q_value"] < alpha)].copy()
     rows["_delta"] = -rows["cliffs_delta"].abs()
-    rows["_effect"] = -rows["effect"].abs()
-    rows = rows.sort_values(["q_value", "_delta", "_effect"], kind="mergesort").head(limit)
+    rows["_g"] = -rows["hedges_g"].abs().fillna(0.0)
+    rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort").head(limit)
     found = []
     for rank, (_, row) in enumerate(rows.iterrows(), start=1):
         found.append({
@@ -183,8 +187,8 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
             "text": finding_text(row, n_shells),
             "localisation": localisation(row["region"], row["effect"], n_shells),
             **{key: _plain(row[key]) for key in ("source", "explainer", "channel", "region", "condition",
-                                                  "reference", "effect", "cliffs_delta", "p_value",
-                                                  "q_value", "unit", "n_condition", "n_reference")},
+                                                  "reference", "effect", "cliffs_delta", "hedges_g",
+                                                  "p_value", "q_value", "unit", "n_condition", "n_reference")},
         })
     return found
 

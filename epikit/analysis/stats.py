@@ -21,7 +21,9 @@ two-sided p-value is about ``2 / C(n + m, n)`` (0.1 for 3 vs 3, 0.029 for 4 vs 4
 6 vs 6), see :func:`minimum_p`. No test can do better honestly; image more fields.
 
 Effect sizes: ``effect`` = mean(condition) - mean(reference) (of image means at image level,
-of cells at cell level) and Cliff's delta ``P(x > y) - P(x < y)`` in [-1, 1].
+of cells at cell level), Cliff's delta ``P(x > y) - P(x < y)`` in [-1, 1], and Hedges' g
+(``effect`` over the pooled standard deviation, small-sample corrected), which stays
+informative when Cliff's delta saturates at +-1 (complete separation of few images).
 q-values: Benjamini-Hochberg (:func:`benjamini_hochberg`), computed by
 :func:`compare_conditions` within each unit (the image-level rows form the family of tests;
 the cell-level rows are a second, comparison-only family).
@@ -55,6 +57,24 @@ def cliffs_delta(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     below = np.searchsorted(y, x, side="left")  # y values smaller than each x
     above = y.size - np.searchsorted(y, x, side="right")  # y values larger than each x
     return float((below.sum() - above.sum()) / (x.size * y.size))
+
+
+def hedges_g(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Standardised mean difference of ``x`` over ``y``: pooled-SD Cohen's d times Hedges' correction.
+
+    NaN with fewer than two values in either group or no variation at all and equal means;
+    +-inf when the groups do not vary but their means differ.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, m = x.size, y.size
+    if n < 2 or m < 2:
+        return float("nan")
+    difference = float(x.mean() - y.mean())
+    pooled = math.sqrt(((n - 1) * x.var(ddof=1) + (m - 1) * y.var(ddof=1)) / (n + m - 2))
+    if pooled == 0:
+        return math.copysign(math.inf, difference) if difference else float("nan")
+    return difference / pooled * (1 - 3 / (4 * (n + m) - 9))
 
 
 def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -140,6 +160,7 @@ class Comparison:
     mean_reference: float
     effect: float
     cliffs_delta: float
+    hedges_g: float
     p_value: float
     n_condition: int
     n_reference: int
@@ -156,6 +177,7 @@ def _comparison(unit: str, test: str, x: np.ndarray, y: np.ndarray, p: float) ->
         mean_reference=mean_y,
         effect=mean_x - mean_y,
         cliffs_delta=cliffs_delta(x, y),
+        hedges_g=hedges_g(x, y),
         p_value=p,
         n_condition=int(x.size),
         n_reference=int(y.size),
