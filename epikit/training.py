@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -523,14 +523,14 @@ class FoldStore:
     seed, so a resumed cross-validation equals an uninterrupted one.
     """
 
-    def __init__(self, directory: Path, key: str, build: Any, device: torch.device) -> None:
+    def __init__(self, directory: Path, key: str, build: Callable[[], nn.Module], device: torch.device) -> None:
         self.directory = directory
         self.key = key
         self.build = build
         self.device = device
 
     @staticmethod
-    def key(crops: Any, labels: np.ndarray, groups: np.ndarray, classifier: str,
+    def fingerprint(crops: Any, labels: np.ndarray, groups: np.ndarray, classifier: str,
             params: dict[str, Any], split: str, folds: int, options: TrainingOptions) -> str:
         """Hash of everything a fold's result depends on."""
         digest = hashlib.sha256()
@@ -640,15 +640,17 @@ def cross_validate(
             warnings.append(message)
     fold, evaluated = assign_folds(labels, groups, classes, split, folds, options.seed)
     split_groups = np.arange(len(labels)) if split == "cell" else groups
-    store = None
-    if resume_dir is not None:
-        key = FoldStore.key(crops, labels, groups, classifier, params, split, folds, options)
-        store = FoldStore(Path(resume_dir), key, lambda: get_classifier(
-            classifier, np.shape(crops)[1], len(classes), np.shape(crops)[-1], **params), device)
 
     data = _place(torch.as_tensor(np.ascontiguousarray(crops)), device)
     targets = torch.as_tensor(labels).to(data.device)
     n, in_channels, crop_size = len(labels), data.shape[1], data.shape[-1]
+    store = None
+    if resume_dir is not None:
+        weights_free = {k: v for k, v in params.items() if k != "pretrained"}  # the state dict has them
+        store = FoldStore(
+            Path(resume_dir), FoldStore.fingerprint(crops, labels, groups, classifier, params, split, folds, options),
+            lambda: get_classifier(classifier, in_channels, len(classes), crop_size, **weights_free), device,
+        )
     proba = np.full((n, len(classes)), np.nan)
     cell_split = np.full(n, "test" if split != "holdout" else "train", dtype=object)
     models: dict[int, TrainedModel] = {}
