@@ -384,7 +384,8 @@ def explain_run(
         }
         results.append(ViewMaps(view, maps, rows, table["crop_index"].to_numpy(np.int64)[rows],
                                 folds, targets, attrs))
-    averages = {r.view: _averages(dataset, r) for r in results} if average else {}
+    averages = {r.view: _averages(CellDataset(run_dir, channels=r.attrs["channel_names"]), r)
+                for r in results} if average else {}
     write_maps(run_dir / MAPS_NAME, results, averages)
     shutil.rmtree(scratch, ignore_errors=True)
     explained = sum(len(t.rows) for t in todo)
@@ -436,7 +437,7 @@ def _progress(total: int, description: str, enabled: bool) -> Any:
 
 
 def _averages(dataset: Any, result: ViewMaps) -> dict[str, dict[str, Any]]:
-    """Aligned average map and channels per condition for one view's maps."""
+    """Aligned average map and channels per condition for one view's maps (``dataset``: that view's channels)."""
     from epikit.analysis.averaging import aligned_average
 
     aligned = dataset.attrs.get("align") == "major-axis" and dataset.attrs.get("scale_mode") == "fit"

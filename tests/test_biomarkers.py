@@ -124,6 +124,24 @@ def test_explain_run_options_and_errors(periphery_run, tmp_path):
         explain_run(untrained, "gradcam", progress=False)
 
 
+def test_a_channel_subset_view_averages_only_its_channels_and_gets_no_foreign_trust(tmp_path):
+    from epikit.training import train_run
+
+    run = build_tiny_run(tmp_path, train=False)
+    train_run(run, classifier="cnn", params={"width": 4, "depth": 2}, folds=2, epochs=1, batch_size=32,
+              views=["all", "Hoechst"], progress=False)
+    explain_run(run, "gradcam", cells="all", progress=False)
+    group = zarr.open_group(str(run / "maps.zarr"), mode="r")
+    for view, n_channels in (("", 3), ("Hoechst/", 1)):
+        average = group[f"{view}average/vpa"]
+        assert average["channels"].shape[0] == len(average.attrs["channel_names"]) == n_channels
+    biomarker_run(run, trust=True, trust_cells=4, control_epochs=1)
+    findings = json.loads((run / "metrics.json").read_text())["findings"]
+    for finding in findings:
+        if finding["source"] == "map" and finding["channel"] == "Hoechst":
+            assert "sanity" not in finding["trust"] and finding["trust"]["flags"] == []
+
+
 def test_region_values_and_localisation():
     shares = np.array([[0.4, 0.2, 0.2, 0.1, 0.1]])
     values = region_values(shares)

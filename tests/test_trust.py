@@ -80,7 +80,9 @@ def test_randomised_copy_and_rank_correlation():
         model[1].running_mean.fill_(3.0)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
     copy = randomised_copy(model, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.equal(copy[0].weight, model[0].weight)
     assert float(copy[1].running_mean.abs().max()) == 0.0
@@ -90,14 +92,18 @@ def test_randomised_copy_and_rank_correlation():
     np.testing.assert_allclose(rank_correlation(maps, maps, masks), 1.0)
     assert np.abs(rank_correlation(maps, rng.random((5, 12, 12)), masks)).max() < 0.3
     assert np.isnan(rank_correlation(np.zeros((1, 4, 4)), maps[:1, :4, :4], masks[:1, :4, :4]))[0]
+    # a randomised model whose map is all zero keeps none of the real map's order
+    assert rank_correlation(maps[:1], np.zeros((1, 12, 12)), masks[:1])[0] == 0.0
     assert summarise_sanity(np.array([0.1, 0.2, np.nan]))["differs"]
-    assert not summarise_sanity(np.array([0.9, 0.95]))["differs"]
+    assert summarise_sanity(np.array([0.9, 0.95]))["differs"] is False
+    assert summarise_sanity(np.array([np.nan]))["differs"] is None  # nothing compared: inconclusive
 
 
 def test_attach_trust_flags_an_edge_artefact_only_when_the_control_agrees():
-    finding = {"source": "map", "explainer": "gradcam", "region": "shell_1", "condition": "vpa",
-               "effect": 0.05, "text": "..."}
+    finding = {"source": "map", "explainer": "gradcam", "channel": "all", "region": "shell_1",
+               "condition": "vpa", "effect": 0.05, "text": "..."}
     checks = {
+        "view": "all",
         "alpha": 0.05,
         "channel_attribution": {"vpa": {"Hoechst": 0.01, "H3K27ac": 0.2}},
         "faithfulness": {"gradcam": {"deletion_auc": 0.3, "random_deletion_auc": 0.4, "insertion_auc": 0.7,
@@ -114,6 +120,12 @@ def test_attach_trust_flags_an_edge_artefact_only_when_the_control_agrees():
     assert not clean["possible_edge_artefact"] and clean["flags"] == []
     image = attach_trust([{**finding, "source": "image"}], checks)[0]["trust"]
     assert "mask_control" not in image and image["top_channel"] == "H3K27ac"
+    checks["mask_control"]["rows"][0]["effect"] = 0.03
+    checks["sanity"]["differs"] = None
+    other_view = attach_trust([{**finding, "channel": "Hoechst"}], checks)[0]["trust"]
+    assert other_view["flags"] == [] and "'all' view" in other_view["map_checks"]  # not this view's checks
+    inconclusive = attach_trust([finding], checks)[0]["trust"]
+    assert inconclusive["flags"] == ["possible edge artefact"]  # no sanity flag without a comparison
 
 
 def test_trust_checks_on_a_run_folder(tmp_path):

@@ -157,20 +157,23 @@ def deletion_insertion(
 def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """A deep copy of ``model`` with every layer re-initialised (weights, biases, BN statistics)."""
     randomised = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in randomised.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            module.reset_running_stats()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(seed)
+        for module in randomised.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                module.reset_running_stats()
     return randomised.eval()
 
 
 def rank_correlation(first: Any, second: Any, masks: Any) -> np.ndarray:
     """Spearman rank correlation per cell of two map stacks (N, S, S), inside the nucleus.
 
-    NaN for a cell where either map is constant inside the nucleus.
+    NaN for a cell whose ``first`` map is constant inside the nucleus (no order to compare);
+    0 where only ``second`` is constant: it keeps none of the first map's order (a randomised
+    network's Score-CAM map is often all zero after the ReLU).
     """
     from scipy import stats
 
@@ -179,17 +182,20 @@ def rank_correlation(first: Any, second: Any, masks: Any) -> np.ndarray:
     out = np.full(len(first), np.nan)
     for i, (a, b, m) in enumerate(zip(first, second, masks)):
         x, y = a[m], b[m]
-        if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            out[i] = stats.spearmanr(x, y).statistic
+        if x.size > 2 and np.ptp(x) > 0:
+            out[i] = stats.spearmanr(x, y).statistic if np.ptp(y) > 0 else 0.0
     return out
 
 
 def summarise_sanity(rho: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Mean rank correlation of real vs randomised-model maps; ``differs`` if below ``threshold``."""
+    """Mean rank correlation of real vs randomised-model maps; ``differs`` if below ``threshold``.
+
+    ``differs`` is None (inconclusive) when no cell could be compared.
+    """
     finite = np.isfinite(rho)
     mean = float(np.mean(rho[finite])) if finite.any() else float("nan")
     return {"rank_correlation": mean, "n_cells": int(finite.sum()), "threshold": threshold,
-            "differs": bool(finite.any() and mean < threshold)}
+            "differs": bool(mean < threshold) if finite.any() else None}
 
 
 @dataclass
@@ -369,7 +375,9 @@ def attach_trust(findings: list[dict[str, Any]], checks: dict[str, Any]) -> list
             ranked = sorted(attribution, key=attribution.get, reverse=True)
             trust["top_channel"] = ranked[0]
             trust["channel_attribution"] = attribution
-        if finding["source"] == "map":
+        if finding["source"] == "map" and finding["channel"] != checks["view"]:
+            trust["map_checks"] = f"not run for this view (they ran on the {checks['view']!r} view's maps)"
+        elif finding["source"] == "map":
             row = control_rows.get((finding["region"], finding["condition"]))
             if row is not None:
                 same = bool(np.sign(row["effect"]) == np.sign(finding["effect"]) and row["p_value"] < alpha)
@@ -385,7 +393,7 @@ def attach_trust(findings: list[dict[str, Any]], checks: dict[str, Any]) -> list
                 if not faithful["better_than_random"]:
                     flags.append("map not more faithful than a random order")
             trust["sanity"] = {k: checks["sanity"][k] for k in ("rank_correlation", "differs")}
-            if not checks["sanity"]["differs"]:
+            if checks["sanity"]["differs"] is False:
                 flags.append("map barely changes when the model's weights are randomised")
         trust["possible_edge_artefact"] = "possible edge artefact" in flags
         trust["flags"] = flags

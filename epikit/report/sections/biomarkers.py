@@ -60,8 +60,10 @@ def _trust_rows(trust: Mapping[str, Any]) -> list[list[Any]]:
                      f"(random {faithful.get('random_insertion_auc', math.nan):.3f})"])
     sanity = trust.get("sanity")
     if isinstance(sanity, Mapping):
-        rows.append(["randomisation sanity", "maps change when the weights are randomised"
-                     if sanity.get("differs") else "maps barely change when the weights are randomised",
+        verdict = {True: "maps change when the weights are randomised",
+                   False: "maps barely change when the weights are randomised"}.get(
+            sanity.get("differs"), "inconclusive: no map could be compared")
+        rows.append(["randomisation sanity", verdict,
                      f"rank correlation {sanity.get('rank_correlation', math.nan):.3f}"])
     return rows
 
