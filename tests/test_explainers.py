@@ -10,7 +10,7 @@ from torch import nn
 
 import epikit
 from epikit.errors import ConfigError, DataError, ModelError
-from epikit.explainers.cam_layers import fold_batchnorm, inference_copy, normalise_maps
+from epikit.explainers.cam_layers import capture_output, fold_batchnorm, inference_copy, normalise_maps
 from epikit.explainers.gradcam import GradCAM, GradCAMPlusPlus
 from epikit.explainers.scorecam import ScoreCAM
 
@@ -334,3 +334,18 @@ def test_bad_parameters_are_config_errors():
         epikit.get_explainer("gradcam", batch_size="8")
     with pytest.raises(ConfigError, match="accepted parameters"):
         epikit.get_explainer("gradcam", weighting="score")
+
+
+@pytest.mark.parametrize("for_grad", [False, True])
+def test_captured_output_survives_an_in_place_op_after_the_layer(for_grad):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten()).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with capture_output(model[1], detach_for_grad=for_grad) as holder:
+        out = model(x)
+    expected = model[1](model[0](x)).detach()
+    assert float(expected.min()) < 0  # the ReLU after the layer would zero these in place
+    torch.testing.assert_close(holder.output.detach(), expected)
+    if for_grad:  # gradients still reach the recorded activations
+        (grad,) = torch.autograd.grad(out.sum(), holder.output)
+        torch.testing.assert_close(grad, (expected > 0).float())

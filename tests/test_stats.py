@@ -15,6 +15,7 @@ from epikit.analysis.stats import (
     compare_conditions,
     compare_images,
     hedges_g,
+    mann_whitney,
     minimum_p,
     permutation_test,
 )
@@ -66,6 +67,9 @@ def test_exact_permutation_minimum_and_monte_carlo_agree():
     assert permutation_test([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
     assert minimum_p(3, 3) == pytest.approx(0.1)
     assert minimum_p(6, 6) == pytest.approx(2 / 924)
+    assert minimum_p(3, 2) == pytest.approx(0.1)
+    assert minimum_p(3, 2, "mannwhitney") == pytest.approx(0.2)
+    assert mann_whitney([4, 5, 6], [1, 2]) == pytest.approx(minimum_p(3, 2, "mannwhitney"))
     rng = np.random.default_rng(2)
     x, y = rng.normal(0.8, 1, 9), rng.normal(0, 1, 8)
     exact = permutation_test(x, y, exact_limit=10**6)

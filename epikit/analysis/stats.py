@@ -92,11 +92,17 @@ def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     return q
 
 
-def minimum_p(n: int, m: int) -> float:
-    """Smallest two-sided p-value an exact two-sample rank/permutation test can give."""
+def minimum_p(n: int, m: int, test: str = "permutation") -> float:
+    """Smallest two-sided p-value an exact two-sample test of ``n`` vs ``m`` values can give.
+
+    Permutation test: only the most extreme split (and, when ``n == m``, its mirror image)
+    reaches the observed difference. Mann-Whitney doubles the one-sided p-value, whatever
+    the group sizes.
+    """
     if n < 1 or m < 1:
         return float("nan")
-    return min(1.0, (2 if n == m else 1) / math.comb(n + m, n))
+    extreme = 2 if n == m or test == "mannwhitney" else 1
+    return min(1.0, extreme / math.comb(n + m, n))
 
 
 @lru_cache(maxsize=32)
@@ -181,7 +187,7 @@ def _comparison(unit: str, test: str, x: np.ndarray, y: np.ndarray, p: float) ->
         p_value=p,
         n_condition=int(x.size),
         n_reference=int(y.size),
-        min_p=minimum_p(x.size, y.size),
+        min_p=minimum_p(x.size, y.size, test),
     )
 
 

@@ -36,7 +36,7 @@ def explain_command(
     for name, info in summary["views"].items():
         counts = ", ".join(f"{c}: {n}" for c, n in info["per_condition"].items())
         typer.echo(f"view {name}: {info['n_cells']} cells explained ({counts})")
-    approximate = " (approximate: top_k channels)" if summary["approximate"] else ""
+    approximate = " (approximate: top_k channels or bfloat16 scoring)" if summary["approximate"] else ""
     typer.echo(f"{summary['explainer']} at layer {summary['layer']}{approximate}: "
                f"{summary['seconds_per_cell']:.3f} s/cell; maps in {run_dir / 'maps.zarr'}")
 

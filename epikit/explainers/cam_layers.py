@@ -132,11 +132,12 @@ def capture_output(module: nn.Module, detach_for_grad: bool = False) -> Iterator
                 f"CAM layer {type(_module).__name__} must output a (N, K, h, w) tensor; "
                 f"got {shape}: choose a convolutional layer"
             )
+        # The model gets a copy: an in-place operation after the layer (ReLU(inplace=True),
+        # ``out += identity``) must not change what is recorded.
         if detach_for_grad:
-            output = output.detach().requires_grad_(True)
-            holder.output = output
-            return output
-        holder.output = output
+            holder.output = output.detach().requires_grad_(True)
+            return holder.output.clone()
+        holder.output = output.detach().clone()
         return None
 
     handle = module.register_forward_hook(hook)

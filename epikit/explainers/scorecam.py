@@ -20,7 +20,10 @@ score the target's *logit* and pass the scores through a softmax over the channe
 ``score="logit", weighting="softmax-over-channels"`` reproduces that (and
 ``score="probability", weighting="softmax-over-channels"`` matches pytorch-grad-cam with
 ``ClassifierOutputSoftmaxTarget``); pytorch-grad-cam also upsamples the masks with
-``align_corners=True`` (``align_corners=True`` here).
+``align_corners=True``, so matching it needs that option here too (the default is
+``False``, as the authors' code and torchcam). One difference stays: the libraries give a
+constant map the weight of a zero input in their softmax, epikit skips it (weight 0); the
+maps agree to Pearson r = 1.00000 on resnet10 (``bench/README.md``).
 
 ``top_k`` scores only the ``k`` channels with the largest mean activation per cell, and
 ``precision="bfloat16"`` runs the scoring forwards in bfloat16 autocast (about 1.8x faster
