@@ -316,7 +316,7 @@ def explain_run(
     from epikit.distributed import InProcessExecutor
     from epikit.io.store import update_metrics
     from epikit.registry import get_entry, get_explainer
-    from epikit.training import trained_views
+    from epikit.training import models_sha256, trained_views
 
     run_dir = Path(run_dir).absolute()
     params = dict(params or {})
@@ -379,6 +379,7 @@ def explain_run(
             "max_cells": max_cells,
             "seed": seed,
             "cell_ids": table["cell_id"].astype(str).to_numpy()[rows].tolist(),
+            "models_sha256": models_sha256(run_dir, view),
             "info": run_info,
             "provenance": get_entry("explainer", explainer).provenance(),
         }
@@ -527,6 +528,18 @@ class StoredMaps:
     attrs: dict[str, Any]
 
 
+def _check_models(run_dir: Path, attrs: dict[str, Any]) -> None:
+    """Refuse maps made by models that have since been retrained (their folds may differ now)."""
+    from epikit.training import models_sha256
+
+    made_by = attrs.get("models_sha256")
+    if made_by is not None and made_by != models_sha256(run_dir, attrs.get("view")):
+        raise DataError(
+            f"{run_dir / MAPS_NAME} was made by models that have since been retrained; "
+            f"run `epikit explain {run_dir}` again"
+        )
+
+
 def read_maps(run_dir: str | Path, view: str | None = None) -> StoredMaps:
     """The maps of ``view`` (default: the root / primary view) from ``RUN/maps.zarr``."""
     import zarr
@@ -544,6 +557,7 @@ def read_maps(run_dir: str | Path, view: str | None = None) -> StoredMaps:
             raise ConfigError(f"{path} has no maps for view {view!r}; views: {', '.join(root.attrs.get('views', []))}")
         group = children[view]
     attrs = dict(group.attrs)
+    _check_models(Path(run_dir), attrs)
     return StoredMaps(
         view=str(attrs.get("view")),
         maps=np.asarray(group["maps"][...], dtype=np.float32),

@@ -1004,6 +1004,11 @@ def load_fold_models(
     Checkpoints are read with ``weights_only=True`` and rebuilt from the registered
     classifier name and parameters stored in them.
     """
+    return {fold: load_checkpoint(path, device)[0] for fold, path in checkpoint_paths(run_dir, view).items()}
+
+
+def checkpoint_paths(run_dir: str | Path, view: str | None = None) -> dict[int, Path]:
+    """``{fold: checkpoint path}`` of ``view`` (default: the first trained view)."""
     info = trained_views(run_dir)
     view = view or info["primary_view"]
     if view not in info["views"]:
@@ -1011,5 +1016,15 @@ def load_fold_models(
             f"no model trained for view {view!r} in {run_dir}; trained: {', '.join(info['views'])}"
         )
     directory = Path(run_dir) / "model" / info["views"][view]["directory"]
-    return {entry["fold"]: load_checkpoint(directory / f"fold_{entry['fold']}.pt", device)[0]
-            for entry in info["views"][view]["folds"]}
+    return {entry["fold"]: directory / f"fold_{entry['fold']}.pt" for entry in info["views"][view]["folds"]}
+
+
+def models_sha256(run_dir: str | Path, view: str | None = None) -> str:
+    """One sha256 over the fold checkpoints of ``view``: identifies the models that made a result."""
+    digest = hashlib.sha256()
+    for fold, path in sorted(checkpoint_paths(run_dir, view).items()):
+        digest.update(f"{fold}:".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -124,7 +124,7 @@ def test_explain_run_options_and_errors(periphery_run, tmp_path):
         explain_run(untrained, "gradcam", progress=False)
 
 
-def test_a_channel_subset_view_averages_only_its_channels_and_gets_no_foreign_trust(tmp_path):
+def test_a_channel_subset_view_averages_its_channels_gets_no_foreign_trust_and_stale_maps_stop(tmp_path):
     from epikit.training import train_run
 
     run = build_tiny_run(tmp_path, train=False)
@@ -140,6 +140,11 @@ def test_a_channel_subset_view_averages_only_its_channels_and_gets_no_foreign_tr
     for finding in findings:
         if finding["source"] == "map" and finding["channel"] == "Hoechst":
             assert "sanity" not in finding["trust"] and finding["trust"]["flags"] == []
+    # retrained models (another seed: other weights) no longer match the maps
+    train_run(run, classifier="cnn", params={"width": 4, "depth": 2}, folds=2, epochs=1, batch_size=32,
+              views=["all", "Hoechst"], progress=False, seed=1)
+    with pytest.raises(DataError, match="retrained; run `epikit explain"):
+        biomarker_run(run, trust=False)
 
 
 def test_region_values_and_localisation():
