@@ -16,6 +16,8 @@ no positive evidence stays all zero.
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 import torch
@@ -61,36 +63,34 @@ class GradCAM:
     ) -> torch.Tensor:
         """Maps (N, S, S) in [0, 1] for ``crops`` (N, C, S, S) and ``targets`` (N,).
 
-        ``targets=None`` explains each crop's predicted class. The model's train/eval mode
-        is restored afterwards; its weights are not touched.
+        ``targets=None`` explains each crop's predicted class. The work runs on an eval-mode
+        copy, so the caller's model (mode, hooks, weights) is untouched and concurrent calls
+        sharing one model do not see each other's hooks.
         """
         crops, targets = check_crops(crops, targets)
-        layer_name, layer = resolve_cam_layer(model, self.layer)
+        layer_name, _ = resolve_cam_layer(model, self.layer)
         device = model_device(model)
         n, _, size, _ = crops.shape
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode(False), torch.enable_grad():
-                maps = torch.empty((n, size, size), dtype=torch.float32, device=crops.device)
-                with capture_output(layer, detach_for_grad=True) as holder:
-                    for start in range(0, n, self.batch_size):
-                        x = crops[start : start + self.batch_size].to(device, torch.float32).clone()
-                        logits = model(x)
-                        if targets is None:
-                            target = logits.detach().argmax(dim=1)
-                        else:
-                            target = targets[start : start + self.batch_size].to(device)
-                            check_targets(target, logits.shape[1])
-                        activations = holder.output
-                        assert activations is not None
-                        selected = logits.gather(1, target[:, None]).sum()
-                        (gradients,) = torch.autograd.grad(selected, activations)
-                        weights = self.channel_weights(activations.detach(), gradients)
-                        block = weighted_maps(activations.detach().float(), weights.float(), size)
-                        maps[start : start + len(x)] = block.to(maps.device)
-        finally:
-            model.train(was_training)
+        model = copy.deepcopy(model).eval()
+        layer = model.get_submodule(layer_name)
+        with torch.inference_mode(False), torch.enable_grad():
+            maps = torch.empty((n, size, size), dtype=torch.float32, device=crops.device)
+            with capture_output(layer, detach_for_grad=True) as holder:
+                for start in range(0, n, self.batch_size):
+                    x = crops[start : start + self.batch_size].to(device, torch.float32).clone()
+                    logits = model(x)
+                    if targets is None:
+                        target = logits.detach().argmax(dim=1)
+                    else:
+                        target = targets[start : start + self.batch_size].to(device)
+                        check_targets(target, logits.shape[1])
+                    activations = holder.output
+                    assert activations is not None
+                    selected = logits.gather(1, target[:, None]).sum()
+                    (gradients,) = torch.autograd.grad(selected, activations)
+                    weights = self.channel_weights(activations.detach(), gradients)
+                    block = weighted_maps(activations.detach().float(), weights.float(), size)
+                    maps[start : start + len(x)] = block.to(maps.device)
         self.info = {"layer": layer_name, "approximate": False}
         return maps
 
