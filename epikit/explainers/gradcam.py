@@ -71,9 +71,9 @@ class GradCAM:
         layer_name, _ = resolve_cam_layer(model, self.layer)
         device = model_device(model)
         n, _, size, _ = crops.shape
-        model = copy.deepcopy(model).eval()
-        layer = model.get_submodule(layer_name)
         with torch.inference_mode(False), torch.enable_grad():
+            model = copy.deepcopy(model).eval()  # outside inference mode: its weights take gradients
+            layer = model.get_submodule(layer_name)
             maps = torch.empty((n, size, size), dtype=torch.float32, device=crops.device)
             with capture_output(layer, detach_for_grad=True) as holder:
                 for start in range(0, n, self.batch_size):
