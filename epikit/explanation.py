@@ -236,7 +236,8 @@ def explain_chunk(task: ChunkTask, run_dir: Path, explainer: Any, device: Any, s
 
     models = _worker_models(run_dir, task.view, device, stamp)
     if task.fold not in models:
-        raise DataError(f"no model for fold {task.fold}: model/ and cells.parquet disagree; re-run training")
+        raise DataError(f"{run_dir / 'model'} has no model for fold {task.fold} of view {task.view!r}, "
+                        f"which {run_dir / 'cells.parquet'} names; re-run training")
     method = resolve_plugin(explainer)
     crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, task.channels, stamp).load_crops(
         np.asarray(task.rows, dtype=np.int64)), dtype=np.float32))
