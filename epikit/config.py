@@ -55,8 +55,8 @@ DEFAULTS: dict[str, Any] = {
         "classifier": "resnet10",
         "folds": 5,
         "split": "group",
-        "epochs": 12,
-        "batch_size": 64,
+        "epochs": 16,  # epochs, batch_size and lr: the training loop's own defaults (TrainingOptions)
+        "batch_size": 16,
         "lr": 1e-3,
         "views": ["all"],
         PARAMS_KEY: {},

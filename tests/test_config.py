@@ -50,3 +50,10 @@ def test_bad_toml_names_the_file(tmp_path):
 def test_section_hash_is_stable_and_sensitive():
     assert section_hash({"a": 1, "b": 2}, "x") == section_hash({"b": 2, "a": 1}, "x")
     assert section_hash({"a": 1}, "x") != section_hash({"a": 2}, "x")
+
+
+def test_run_trains_with_the_training_loops_own_defaults():
+    from epikit.training import TrainingOptions
+
+    train, options = default_config()["train"], TrainingOptions()
+    assert (train["epochs"], train["batch_size"], train["lr"]) == (options.epochs, options.batch_size, options.lr)
