@@ -269,6 +269,19 @@ def test_gradcam_works_inside_inference_mode(model_and_crops):
         assert torch.allclose(GradCAM().explain(model, crops), expected)
 
 
+@pytest.mark.parametrize("explainer", [GradCAM, GradCAMPlusPlus, ScoreCAM])
+def test_the_callers_model_keeps_its_modes_and_gets_no_hooks(model_and_crops, explainer):
+    model, crops = model_and_crops
+    model.eval()
+    first = next(m for m in model.modules() if m is not model)
+    first.train()  # a mix of train and eval submodules must survive as it is
+    modes = [m.training for m in model.modules()]
+    explainer().explain(model, crops)
+    assert [m.training for m in model.modules()] == modes
+    assert not any(m._forward_hooks for m in model.modules())
+    model.eval()
+
+
 def test_dead_layer_gives_all_zero_maps():
     class Dead(nn.Module):
         def __init__(self):
