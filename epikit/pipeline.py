@@ -232,8 +232,10 @@ def run_pipeline(
     (run_dir / "config.toml").write_text(dump_config(config), encoding="utf-8")
     ctx = RunContext(run_dir, config, records, skipped, progress, executor)
 
-    upstream = section_hash([(i["path"], i["condition"], i["group"], i["sha256"]) for i in inputs],
-                            config["channels"], config["seed"])
+    # What the outputs depend on: each image's id, labels, channels and content, not where it
+    # lies, so a moved input folder or a copied run folder (with its demo input) resumes.
+    upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), i["sha256"])
+                             for r, i in zip(records, inputs)], config["channels"], config["seed"])
     manifest: dict[str, Any] = {
         **_environment(),
         "plugins": _plugin_provenance(config),

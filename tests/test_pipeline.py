@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import types
 
 import numpy as np
@@ -120,6 +121,18 @@ def test_planted_periphery_effect_is_the_top_finding(finished_run):
     top = findings[0]
     assert (top["condition"], top["localisation"], top["unit"]) == ("vpa", "rim-enriched", "image")
     assert top["q_value"] < 0.05
+
+
+def test_a_copied_run_folder_resumes_without_redoing_a_stage(finished_run, tmp_path):
+    run_dir, config, _ = finished_run
+    copy = tmp_path / "copied-run"
+    shutil.copytree(run_dir, copy)
+    calls = FlakyWatershed.calls
+    run_pipeline(config, copy, progress=False)
+    before = json.loads((run_dir / STATE_FILE).read_text())
+    after = json.loads((copy / STATE_FILE).read_text())
+    assert {stage: after[stage]["hash"] for stage in after} == {stage: before[stage]["hash"] for stage in before}
+    assert FlakyWatershed.calls == calls  # nothing segmented again
 
 
 def test_changed_option_reruns_only_later_stages(finished_run):
