@@ -438,21 +438,23 @@ def _progress(total: int, description: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=description, unit="cell", file=sys.stderr)
 
 
-def _averages(dataset: Any, result: ViewMaps) -> dict[str, dict[str, Any]]:
+def _averages(dataset: Any, result: ViewMaps, block_size: int = 512) -> dict[str, dict[str, Any]]:
     """Aligned average map and channels per condition for one view's maps (``dataset``: that view's channels)."""
-    from epikit.analysis.averaging import aligned_average
+    from epikit.analysis.averaging import AlignedAverage
 
     aligned = dataset.attrs.get("align") == "major-axis" and dataset.attrs.get("scale_mode") == "fit"
     conditions = dataset.table["condition"].astype(str).to_numpy()[result.rows]
-    crops = dataset.load_crops(result.rows)
-    masks = read_masks(dataset.store_path, result.crop_index)
     out = {}
     for condition in sorted(set(conditions)):
-        members = conditions == condition
-        stacked = np.concatenate([result.maps[members][:, None], crops[members]], axis=1)
-        mean, coverage = aligned_average(stacked, masks[members], already_aligned=aligned)
+        members = np.flatnonzero(conditions == condition)
+        average = AlignedAverage(already_aligned=aligned)
+        for block in np.array_split(members, -(-len(members) // block_size)):  # bounded memory
+            crops = dataset.load_crops(result.rows[block])
+            stacked = np.concatenate([result.maps[block][:, None], crops], axis=1)
+            average.add(stacked, read_masks(dataset.store_path, result.crop_index[block]))
+        mean, coverage = average.result()
         out[condition] = {"map": mean[0], "channels": mean[1:], "coverage": coverage,
-                          "n_cells": int(members.sum())}
+                          "n_cells": len(members)}
     return out
 
 

@@ -11,7 +11,7 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from epikit.analysis.averaging import aligned_average, align_crops
+from epikit.analysis.averaging import AlignedAverage, aligned_average, align_crops
 from epikit.analysis.biomarkers import (
     COLUMNS,
     biomarker_run,
@@ -201,8 +201,15 @@ def test_aligned_average_undoes_rotation():
     average, coverage = aligned_average(np.array(values, float), np.array(masks))
     assert average.shape == (1, 32, 32) and coverage.max() == 1
     assert average[0, 16, [2, 29]].min() > 0.9 and average[0, 16, 16] < 0.1
+    blocks = AlignedAverage()  # the same average, accumulated a few nuclei at a time
+    for start in range(0, len(values), 2):
+        blocks.add(np.array(values[start:start + 2], float), np.array(masks[start:start + 2]))
+    np.testing.assert_allclose(blocks.result()[0], average, rtol=1e-6)
+    np.testing.assert_allclose(blocks.result()[1], coverage)
     with pytest.raises(DataError):
         align_crops(np.zeros((2, 1, 8, 8)), np.zeros((3, 8, 8)))
+    with pytest.raises(DataError, match="no nuclei"):
+        AlignedAverage().result()
 
 
 def test_biomarkers_periphery_top_finding_is_rim_enriched_vpa(periphery_run):

@@ -49,27 +49,53 @@ def align_crops(values: np.ndarray, masks: np.ndarray, size: int | None = None) 
     return out, inside
 
 
-def masked_average(values: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean of ``values`` (N, C, H, W) over the nuclei covering each pixel.
+class AlignedAverage:
+    """Running aligned average: :meth:`add` blocks of nuclei, then read :meth:`result`.
 
-    Returns the average (C, H, W) (NaN where no nucleus covers the pixel) and the coverage
-    (H, W): the fraction of nuclei covering each pixel.
+    Only per-pixel sums are kept, so any number of nuclei can be averaged a block at a time.
     """
-    values = np.asarray(values, dtype=np.float64)
-    masks = np.asarray(masks) > 0
-    if len(values) == 0:
-        raise DataError("no nuclei to average")
-    count = masks.sum(axis=0)
-    total = (values * masks[:, None]).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        average = np.where(count > 0, total / count, np.nan)
-    return average.astype(np.float32), (count / len(masks)).astype(np.float32)
+
+    def __init__(self, already_aligned: bool = False, size: int | None = None) -> None:
+        self.already_aligned = already_aligned
+        self.size = size
+        self.total: np.ndarray | None = None
+        self.count: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, values: np.ndarray, masks: np.ndarray) -> None:
+        """Add ``values`` (N, C, S, S) of nuclei ``masks`` (N, S, S)."""
+        if not self.already_aligned:
+            values, masks = align_crops(values, masks, self.size)
+        values = np.asarray(values, dtype=np.float64)
+        masks = np.asarray(masks) > 0
+        total, count = (values * masks[:, None]).sum(axis=0), masks.sum(axis=0)
+        self.total = total if self.total is None else self.total + total
+        self.count = count if self.count is None else self.count + count
+        self.n += len(masks)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The average (C, H, W) (NaN where no nucleus covers a pixel) and the coverage (H, W):
+        the fraction of nuclei covering each pixel."""
+        if self.total is None or self.count is None or self.n == 0:
+            raise DataError("no nuclei to average")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            average = np.where(self.count > 0, self.total / self.count, np.nan)
+        return average.astype(np.float32), (self.count / self.n).astype(np.float32)
+
+
+def masked_average(values: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean of ``values`` (N, C, H, W) over the nuclei covering each pixel (see :class:`AlignedAverage`)."""
+    accumulator = AlignedAverage(already_aligned=True)
+    if len(values):
+        accumulator.add(values, masks)
+    return accumulator.result()
 
 
 def aligned_average(
     values: np.ndarray, masks: np.ndarray, already_aligned: bool = False, size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Aligned average (C, size, size) and coverage of ``values`` (N, C, S, S) inside ``masks``."""
-    if not already_aligned:
-        values, masks = align_crops(values, masks, size)
-    return masked_average(values, masks)
+    accumulator = AlignedAverage(already_aligned, size)
+    if len(values):
+        accumulator.add(values, masks)
+    return accumulator.result()
