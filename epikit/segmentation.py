@@ -165,3 +165,37 @@ def summarise_counts(table: pd.DataFrame) -> dict[str, Any]:
         "images_without_nuclei": int((table["n_nuclei"] == 0).sum()),
         "per_condition": per_condition,
     }
+
+
+def segment_annotated(
+    segmenter: Segmenter,
+    data_dir: str | os.PathLike[str],
+    pred_dir: str | os.PathLike[str],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Segment every image of a DSB2018 folder into ``pred_dir/<id>.tif`` (for scoring).
+
+    The predictions pair with the folder's ground truth in
+    :func:`epikit.analysis.segmentation_metrics.evaluate_folders`. Returns one row per image:
+    ``image, n_nuclei, seconds`` (segmentation time only, reading excluded).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from epikit.errors import InputError
+    from epikit.io import write_tiff
+    from epikit.io.annotated import dsb_samples, read_dsb_sample
+
+    samples = dsb_samples(data_dir)
+    if not samples:
+        raise InputError(f"{data_dir} is not a DSB2018 folder (<id>/images/<id>.png + <id>/masks/*.png); "
+                         "segment other layouts with 'epikit segment' and score its masks")
+    rows = []
+    for folder in tqdm(samples, desc="segment", unit="image", file=sys.stderr, disable=not progress):
+        image = read_dsb_sample(folder).image
+        start = time.perf_counter()
+        labels = check_labels(segmenter.segment(image[None], nuclear_channel=0), image.shape, folder.name)
+        seconds = time.perf_counter() - start
+        write_tiff(Path(pred_dir) / f"{folder.name}.tif", labels)
+        rows.append({"image": folder.name, "n_nuclei": _count(labels)[0], "seconds": seconds})
+    return pd.DataFrame(rows, columns=["image", "n_nuclei", "seconds"])

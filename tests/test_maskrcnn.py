@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from epikit.analysis.segmentation_metrics import evaluate_segmentation
-from epikit.errors import InputError, ModelError
+from epikit.errors import ConfigError, InputError, ModelError
 from epikit.io import sha256_file, write_tiff
-from epikit.segmenters.dsb import load_training_images
+from epikit.io.annotated import load_training_images
 from epikit.segmenters.maskrcnn import MaskRCNNSegmenter, core_bounds, tile_starts
 from epikit.segmenters.maskrcnn_model import (
     DEFAULT_WEIGHTS,
@@ -29,8 +30,11 @@ from epikit.segmenters.maskrcnn_model import (
 from epikit.segmenters.maskrcnn_train import (
     AnnotatedCrops,
     TrainingStream,
+    resume_path,
     train_maskrcnn,
+    validation_names,
 )
+from epikit.segmenters.scale import diameter_from_labels
 from epikit.simulate import simulate_field
 
 TINY = ModelConfig(
@@ -98,6 +102,28 @@ def test_dsb_layout_loader_reads_images_and_one_label_per_mask(dsb_layout):
         assert annotated.image[first].mean() > annotated.image[~(annotated.labels > 0)].mean() + 50
 
 
+def test_only_fluorescence_images_are_kept_when_asked(dsb_layout, tmp_path):
+    colour = tmp_path / "colour"
+    shutil.copytree(dsb_layout / "id0", colour / "id0")
+    shutil.copytree(dsb_layout / "id1", colour / "id1")
+    png = colour / "id1" / "images" / "id1.png"
+    rgb = np.asarray(Image.open(png))[..., :3].copy()
+    rgb[..., 0] = 255 - rgb[..., 0]  # stained tissue: colour on a light background
+    Image.fromarray(rgb).save(png)
+    images = load_training_images(colour, fluorescence_only=True)
+    assert [image.name for image in images] == ["id0"]
+    assert len(load_training_images(colour)) == 2
+
+
+def test_validation_split_is_fixed_per_image_id():
+    names = [f"image{i:03d}" for i in range(400)]
+    held_out = validation_names(names, 0.1)
+    assert 25 <= len(held_out) <= 55
+    assert validation_names(names[::-1], 0.1) == held_out
+    # Membership depends on the id alone: other images coming or going move nothing.
+    assert set(validation_names(names[:200], 0.1)) == set(held_out) & set(names[:200])
+
+
 def test_label_pair_layout_and_bad_folder(tmp_path):
     image, labels = blob_field([(20.0, 20.0), (40.0, 44.0)], (64, 64), radius=7)
     write_tiff(tmp_path / "images" / "ctrl" / "f1.tif", np.stack([image, image * 0.5]).astype(np.uint16))
@@ -137,6 +163,39 @@ def test_training_lowers_the_loss_and_writes_a_verified_checkpoint(dsb_layout, t
     assert sidecar["steps"] == 25 and sidecar["complete"] is True and sidecar["command"] == "test"
 
 
+def test_interrupted_training_resumes_from_its_last_checkpoint(dsb_layout, tmp_path):
+    out = tmp_path / "resumed.pt"
+
+    def stop_at_25(message: str) -> None:
+        if message.startswith("step 25/"):
+            raise KeyboardInterrupt
+
+    options = dict(data=dsb_layout, steps=30, batch=1, size=64, seed=2, config=TINY, workers=0,
+                   checkpoint_every=10, val_fields=0, val_fraction=0.0, command="test")
+    with pytest.raises(KeyboardInterrupt):
+        train_maskrcnn(out, log=stop_at_25, **options)
+    state = torch.load(resume_path(out), weights_only=True)
+    assert state["step"] == 20
+    messages: list[str] = []
+    metadata = train_maskrcnn(out, log=messages.append, **options)
+    assert messages[0].startswith("resuming") and "step 20" in messages[0]
+    assert metadata["steps"] == 30 and metadata["resumed_at"] == 20
+    assert [entry["step"] for entry in metadata["loss_curve"]] == [25, 30]
+    assert not resume_path(out).exists()
+    with pytest.raises(Exception, match="other settings"):
+        torch.save({**state, "settings": {"steps": 1}}, resume_path(out))
+        train_maskrcnn(out, log=messages.append, **options)
+
+
+def test_training_crops_bring_nuclei_to_the_trained_diameter(dsb_layout):
+    images = load_training_images(dsb_layout)
+    assert diameter_from_labels(images[0].labels) == pytest.approx(16, rel=0.1)
+    crops = AnnotatedCrops(images, 96, diameter=32.0, zoom=(1.0, 1.0))
+    rng = np.random.default_rng(0)
+    sizes = [diameter_from_labels(crops(rng)[1]) for _ in range(6)]
+    assert np.nanmedian([s for s in sizes if s]) == pytest.approx(32, rel=0.2)
+
+
 def test_train_segmenter_command_records_its_command_line(tmp_path):
     from epikit.cli import app
 
@@ -167,6 +226,33 @@ def test_shipped_weights_match_their_sidecar_and_segment_a_simulated_field(shipp
     assert labels.dtype == np.int32 and labels.shape == (256, 256)
     assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
     assert evaluate_segmentation(labels, field.labels)["ap_50"] >= 0.85
+
+
+def _real_crop() -> tuple[np.ndarray, np.ndarray]:
+    """A 160 x 160 DSB2018 fluorescence crop from the held-out split (tests/data/dsb2018_crop)."""
+    folder = Path(__file__).parent / "data" / "dsb2018_crop"
+    image = np.asarray(Image.open(folder / "image.png")).astype(np.float32)
+    return image, np.asarray(Image.open(folder / "labels.png")).astype(np.int32)
+
+
+def test_shipped_model_segments_a_real_held_out_crop(shipped):
+    image, truth = _real_crop()
+    assert image.shape == truth.shape == (160, 160) and truth.max() == 22
+    labels = shipped.segment(image[None])
+    assert evaluate_segmentation(labels, truth)["ap_50"] >= 0.8
+
+
+def test_rescaled_inference_returns_labels_at_the_input_shape(shipped):
+    image, truth = _real_crop()
+    big = ndi.zoom(image, 3, order=1)[:470, :455]  # nuclei about 70 px across, odd shape
+    big_truth = ndi.zoom(truth, 3, order=0)[:470, :455]
+    labels = shipped.segment(big[None])
+    assert labels.shape == (470, 455) and labels.dtype == np.int32
+    assert evaluate_segmentation(labels, big_truth)["ap_50"] >= 0.75
+    told = MaskRCNNSegmenter(device="cpu", diameter=diameter_from_labels(big_truth)).segment(big[None])
+    assert evaluate_segmentation(told, big_truth)["ap_50"] >= 0.75
+    with pytest.raises(ConfigError, match="diameter"):
+        MaskRCNNSegmenter(device="cpu", diameter=-3)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(100, 128, 32), (256, 128, 48), (700, 256, 64), (1000, 512, 128)])

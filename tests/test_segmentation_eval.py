@@ -163,3 +163,43 @@ def test_eval_segmentation_command_writes_json(folders, tmp_path):
     assert [row["image"] for row in scores["per_image"]] == ["ctrl/a", "vpa/b"]
     missing = CliRunner().invoke(app, ["eval-segmentation", str(tmp_path / "none"), str(gt)])
     assert missing.exit_code == 2 and "error:" in missing.output
+
+
+def dsb_folder(root, samples: dict[str, np.ndarray]) -> None:
+    """Write label images as DSB2018 samples: <id>/images/<id>.png + one PNG per nucleus."""
+    from PIL import Image
+
+    for name, labels in samples.items():
+        (root / name / "images").mkdir(parents=True)
+        (root / name / "masks").mkdir()
+        image = np.where(labels > 0, 180, 12).astype(np.uint8)
+        Image.fromarray(np.stack([image] * 3 + [np.full_like(image, 255)], axis=-1)).save(
+            root / name / "images" / f"{name}.png")
+        for label in np.unique(labels[labels > 0]):
+            Image.fromarray(((labels == label) * 255).astype(np.uint8)).save(root / name / "masks" / f"m{label}.png")
+
+
+def test_dsb2018_folders_are_ground_truth_as_they_are(tmp_path):
+    truth = {"s1": box((40, 40), (1, 2, 14, 2, 14), (2, 20, 34, 20, 34)), "s2": box((40, 40), (1, 5, 20, 5, 20))}
+    dsb_folder(tmp_path / "dsb", truth)
+    write_tiff(tmp_path / "pred" / "s1.tif", truth["s1"])
+    write_tiff(tmp_path / "pred" / "s2.tif", box((40, 40), (1, 25, 35, 25, 35)))  # misses, invents one
+    table, overall = evaluate_folders(tmp_path / "pred", tmp_path / "dsb")
+    assert table["image"].tolist() == ["s1", "s2"] and table["ap_50"].tolist() == [1.0, 0.0]
+    assert (overall["tp"], overall["fp"], overall["fn"]) == (2, 1, 1)
+
+
+def test_eval_segmentation_segments_a_dsb2018_folder_first(tmp_path):
+    from epikit.cli import app
+
+    truth = {"s1": box((64, 64), (1, 4, 24, 4, 24), (2, 36, 58, 30, 52)), "s2": box((64, 64), (3, 10, 40, 20, 50))}
+    dsb_folder(tmp_path / "dsb", truth)
+    pred = tmp_path / "pred"
+    args = ["eval-segmentation", str(pred), str(tmp_path / "dsb"), "--segmenter", "watershed",
+            "-p", "diameter=20", "--table", str(tmp_path / "table.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in pred.iterdir()) == ["s1.tif", "s2.tif"]
+    assert "AP@0.5 1.000" in result.output and "s/image" in result.output
+    not_dsb = CliRunner().invoke(app, [*args[:2], str(tmp_path / "pred"), *args[3:]])
+    assert not_dsb.exit_code != 0 and "not a DSB2018 folder" in not_dsb.output

@@ -27,7 +27,7 @@ from epikit.segmenters.labels import (
     nuclear_plane,
     relabel_sequential,
 )
-from epikit.segmenters.watershed import WatershedSegmenter, typical_diameter
+from epikit.segmenters.watershed import WatershedSegmenter
 
 SHAPE = (96, 128)  # not square: catches transposed outputs
 HAS_CELLPOSE = importlib.util.find_spec("cellpose") is not None
@@ -215,11 +215,6 @@ def test_watershed_on_noise_and_nan():
     noise[0, 5, 7] = np.nan
     with pytest.raises(InputError, match="NaN"):
         WatershedSegmenter().segment(noise)
-
-
-def test_typical_diameter_ignores_specks():
-    areas = np.array([3] * 50 + [314, 320, 300])  # many specks, three r=10 nuclei
-    assert typical_diameter(areas) == pytest.approx(20, rel=0.05)
 
 
 # --- label helpers -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ computed from the sums.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,22 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def ground_truth(gt_dir: str | os.PathLike[str]) -> dict[str, Callable[[], np.ndarray]]:
+    """Readers of the ground-truth label images of ``gt_dir``, keyed as predictions are named.
+
+    A DSB2018 folder (``<id>/images/<id>.png`` + ``<id>/masks/*.png``) gives one entry per
+    sample id, its masks merged into one label image; any other folder is read as label
+    images keyed by relative path without suffix (see :func:`evaluate_folders`).
+    """
+    from epikit.io import read_labels
+    from epikit.io.annotated import dsb_samples, read_dsb_sample
+
+    samples = dsb_samples(Path(gt_dir))
+    if samples:
+        return {folder.name: (lambda folder=folder: read_dsb_sample(folder).labels) for folder in samples}
+    return {key: (lambda path=path: read_labels(path)) for key, path in _label_files(Path(gt_dir)).items()}
+
+
 def evaluate_folders(
     pred_dir: str | os.PathLike[str],
     gt_dir: str | os.PathLike[str],
@@ -158,8 +175,9 @@ def evaluate_folders(
 
     Files are paired by their path relative to each folder, ignoring the suffix
     (``ctrl/field_001.tif``); a folder holding a ``masks/`` sub-folder (a run folder, a
-    simulated data set) is read from there. A ground-truth image without a prediction is
-    an :class:`InputError`; predictions without ground truth are ignored.
+    simulated data set) is read from there. ``gt_dir`` may also be a DSB2018 folder, whose
+    sample ``<id>`` pairs with the prediction ``<id>.tif``. A ground-truth image without a
+    prediction is an :class:`InputError`; predictions without ground truth are ignored.
 
     Returns the per-image table (one row per image, column ``image`` first) and the
     overall scores (``n_images``; image-averaged AP values; summed counts and the
@@ -170,17 +188,17 @@ def evaluate_folders(
     from epikit.io import read_labels
 
     values = _check_thresholds(thresholds)
-    predictions, truths = _label_files(Path(pred_dir)), _label_files(Path(gt_dir))
+    predictions, truths = _label_files(Path(pred_dir)), ground_truth(gt_dir)
     missing = sorted(set(truths) - set(predictions))
     if missing:
         raise InputError(f"{pred_dir}: {len(missing)} ground-truth image(s) have no prediction "
                          f"(e.g. {missing[0]}); segment every image of {gt_dir} first")
     rows = []
     for key in sorted(truths):
-        pred, truth = read_labels(predictions[key]), read_labels(truths[key])
+        pred, truth = read_labels(predictions[key]), truths[key]()
         if pred.shape != truth.shape:
             raise InputError(f"{predictions[key]}: shape {pred.shape} differs from ground truth "
-                             f"{truths[key]} {truth.shape}")
+                             f"{key} in {gt_dir} {truth.shape}")
         rows.append({"image": key, **evaluate_segmentation(pred, truth, values)})
     table = pd.DataFrame(rows)
     overall = _summarise(np.array([table["tp"].sum()]), int(table["n_true"].sum()),

@@ -65,8 +65,16 @@ def segment_command(
 
 @command("eval-segmentation")
 def eval_segmentation_command(
-    pred: Path = typer.Argument(..., help="Predicted label images (a folder, or a run folder with masks/)."),
-    gt: Path = typer.Argument(..., help="Ground-truth label images, paired with PRED by relative path."),
+    pred: Path = typer.Argument(
+        ..., help="Predicted label images (a folder, or a run folder with masks/); with --segmenter, where to write them."
+    ),
+    gt: Path = typer.Argument(
+        ..., help="Ground truth: label images paired with PRED by relative path, or a DSB2018 folder (<id>/masks/*.png)."
+    ),
+    segmenter: Optional[str] = typer.Option(
+        None, "--segmenter", "-s", help="Segment GT's images (DSB2018 folder) with this segmenter into PRED first."
+    ),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Segmenter parameter key=value (repeatable)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write overall + per-image scores as JSON."),
     table_file: Optional[Path] = typer.Option(None, "--table", help="Also write the per-image table as CSV."),
 ) -> None:
@@ -74,13 +82,23 @@ def eval_segmentation_command(
     from epikit.analysis.segmentation_metrics import evaluate_folders
     from epikit.io import write_csv, write_json
 
+    timing = None
+    if segmenter is not None:
+        from epikit.registry import get_segmenter
+        from epikit.segmentation import segment_annotated
+
+        timing = segment_annotated(get_segmenter(segmenter, **parse_params(param)), gt, pred)
     table, overall = evaluate_folders(pred, gt)
+    if timing is not None:
+        table = table.merge(timing[["image", "seconds"]], on="image", how="left")
+        overall["seconds_per_image"] = float(timing["seconds"].mean())
     shown = ["image", "n_true", "n_pred", "tp", "fp", "fn", "ap_50", "ap_75", "mean_ap", "f1"]
     typer.echo(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(
         f"overall ({overall['n_images']} images): AP@0.5 {overall['ap_50']:.3f}  "
         f"AP@0.75 {overall['ap_75']:.3f}  mean AP {overall['mean_ap']:.3f}  "
         f"F1 {overall['f1']:.3f}  TP {overall['tp']} FP {overall['fp']} FN {overall['fn']}"
+        + (f"  {overall['seconds_per_image']:.2f} s/image" if timing is not None else "")
     )
     if table_file is not None:
         write_csv(table, table_file)

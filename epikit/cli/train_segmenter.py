@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -37,6 +38,13 @@ def train_segmenter_command(
     ),
     val_fields: int = typer.Option(10, "--val-fields", help="Held-out simulated fields for the validation AP (0 = skip)."),
     val_size: int = typer.Option(512, "--val-size", help="Side of the validation fields in pixels."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="Share of annotated images held out (fixed by image id, listed in the sidecar)."
+    ),
+    simulated_fraction: float = typer.Option(
+        0.15, "--simulated-fraction", help="Share of training samples drawn from the simulator (annotated data only)."
+    ),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this checkpoint's weights (path or URL)."),
 ) -> None:
     """Train a segmenter and write its checkpoint and metadata sidecar."""
     if name not in TRAINABLE:
@@ -52,11 +60,13 @@ def train_segmenter_command(
             "--size", size, "--lr", lr, "--seed", seed, "--nuclear-channel", nuclear_channel,
             "--workers", workers, "--threads", threads, "--checkpoint-every", checkpoint_every,
             "--max-minutes", max_minutes,
-            "--val-fields", val_fields, "--val-size", val_size, "--out", out]
+            "--val-fields", val_fields, "--val-size", val_size, "--val-fraction", val_fraction,
+            "--simulated-fraction", simulated_fraction, *(["--init", init] if init else []), "--out", out]
     metadata = train_maskrcnn(
         out, data=data, steps=steps, batch=batch, size=size, lr=lr, seed=seed,
         nuclear_channel=nuclear_channel, workers=workers, checkpoint_every=checkpoint_every,
         max_minutes=max_minutes or None,
-        val_fields=val_fields, val_size=val_size, command=shlex.join(str(a) for a in argv), log=typer.echo,
+        val_fields=val_fields, val_size=val_size, val_fraction=val_fraction,
+        simulated_fraction=simulated_fraction, init=init, command=shlex.join(str(a) for a in argv), log=typer.echo,
     )
     typer.echo(f"wrote {out} (sha256 {metadata['sha256']}) and {Path(out).with_suffix('.json')}")

@@ -2,7 +2,8 @@
 
 * :mod:`epikit.io.images`: image and label readers (TIFF / OME-TIFF / PNG);
 * :mod:`epikit.io.discover`: input discovery (condition folders or a manifest CSV);
-* :mod:`epikit.io.store`: atomic writers for run-folder files.
+* :mod:`epikit.io.store`: atomic writers for run-folder files;
+* :mod:`epikit.io.annotated`: annotated nuclei data sets (DSB2018 folders, image + label pairs).
 """
 
 from epikit.io.discover import ImageRecord, SkippedFile, discover_images, find_images, mask_path

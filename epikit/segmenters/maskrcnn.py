@@ -1,21 +1,29 @@
-"""The ``maskrcnn`` segmenter: the study's Mask R-CNN, applied tile by tile to large fields.
+"""The ``maskrcnn`` segmenter: the study's Mask R-CNN, at its trained nucleus size, tile by tile.
 
     >>> from epikit.segmenters.maskrcnn import MaskRCNNSegmenter
     >>> seg = MaskRCNNSegmenter()                     # shipped weights, offline  # doctest: +SKIP
     >>> labels = seg.segment(image, nuclear_channel=0)                         # doctest: +SKIP
+    >>> labels = MaskRCNNSegmenter(diameter=300).segment(sora_field)           # doctest: +SKIP
 
-The nuclear channel is normalised over the whole field (percentiles), cut into overlapping
+The nuclear channel is normalised over the whole field (percentiles) and resampled so its
+nuclei measure the diameter the network was trained at (``nucleus_diameter`` of the
+checkpoint): the field's nucleus diameter is ``diameter`` when given, else estimated
+(:func:`epikit.segmenters.scale.estimate_diameter`) and then checked against the median size
+of what the network found - when the two differ by more than a quarter the field is run again
+at the measured size, as cellpose refines its size model. The resampled field is cut into overlapping
 square tiles (``tile_size``, ``overlap`` >= the largest nucleus diameter) that run through
 the network in batches. Every tile owns a *core* region - the tiles' overlaps are split down
 the middle - and keeps only the detections whose box centre lies in its core, so an object
 cut by one tile's border is taken from the tile that sees it whole, exactly once. Masks are
 pasted into the label image in order of decreasing score: a pixel goes to the
 highest-scoring object, and an object that keeps less than half its pixels is a duplicate
-and dropped. Labels are renumbered 1..n.
+and dropped. Boxes are mapped back to the field's own pixels first, so masks are pasted at full
+resolution. Labels are renumbered 1..n.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +34,12 @@ import torch.nn.functional as F
 from epikit.device import default_device
 from epikit.errors import ConfigError, InputError
 from epikit.segmenters.maskrcnn_model import load_model, normalise_nuclear
+from epikit.segmenters.scale import estimate_diameter, resample, scaled_shape
+
+#: Magnifications applied to a field are kept within these bounds.
+SCALE_LIMITS = (1 / 32, 4.0)
+#: The network's own size measurement triggers a second pass when it differs more than this.
+REFINE_TOLERANCE = 1.25
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -52,6 +66,19 @@ class Detections:
     boxes: torch.Tensor
     scores: torch.Tensor
     masks: torch.Tensor  # (N, M, M) probabilities over each box
+
+    def scaled(self, sx: float, sy: float) -> Detections:
+        """The same objects with box coordinates multiplied by ``sx`` (x) and ``sy`` (y)."""
+        factors = torch.tensor([sx, sy, sx, sy], dtype=self.boxes.dtype)
+        return Detections(self.boxes * factors, self.scores, self.masks)
+
+    def median_diameter(self, mask_threshold: float) -> float | None:
+        """Median equivalent diameter of the objects (box area x mask fraction); None if none."""
+        if len(self.scores) == 0:
+            return None
+        sides = (self.boxes[:, 2:] - self.boxes[:, :2]).clamp(min=0)
+        areas = (self.masks > mask_threshold).float().mean(dim=(1, 2)) * sides[:, 0] * sides[:, 1]
+        return float(torch.median(2.0 * torch.sqrt(areas / math.pi)))
 
 
 def paste_labels(detections: Detections, shape: tuple[int, int], mask_threshold: float, min_area: int) -> np.ndarray:
@@ -105,7 +132,10 @@ class MaskRCNNSegmenter:
     ``score_threshold`` (minimum detection score), ``mask_threshold`` (mask probability cut),
     ``nms`` (box IoU above which the weaker detection in a tile is suppressed), ``min_area``
     (pixels; smaller objects are dropped), ``max_detections`` per tile (crowded fields of
-    tiny nuclei may need a smaller ``tile_size``), ``device`` (default: GPU when available).
+    tiny nuclei may need a smaller ``tile_size``), ``device`` (default: GPU when available),
+    ``diameter`` (typical nucleus diameter of the fields in pixels; ``None`` estimates it per
+    field), ``refine`` (check the estimate against the network's own objects and rerun once).
+    ``tile_size``, ``overlap`` and ``max_detections`` apply to the resampled field.
     ``model`` uses an already built network instead of loading ``weights`` (training uses
     it to validate).
     """
@@ -124,6 +154,8 @@ class MaskRCNNSegmenter:
         max_detections: int = 500,
         device: str | None = None,
         model: torch.nn.Module | None = None,
+        diameter: float | None = None,
+        refine: bool = True,
     ) -> None:
         if tile_size < 64 or tile_size % 32:
             raise ConfigError(f"tile_size must be a multiple of 32 and >= 64, got {tile_size}")
@@ -134,12 +166,17 @@ class MaskRCNNSegmenter:
         for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold), ("nms", nms)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if diameter is not None and not diameter > 0:
+            raise ConfigError(f"diameter must be a positive number of pixels, got {diameter}")
         if model is not None:
             self.model, self.weights_path = model.eval(), None
             self.device = next(model.parameters()).device
         else:
             self.device = torch.device(device) if device else default_device()
             self.model, _, self.weights_path = load_model(weights, sha256=sha256, device=self.device)
+        # Checkpoints trained at the images' own scale (epikit 0.1) have no nucleus size.
+        self.trained_diameter: float | None = getattr(self.model, "nucleus_diameter", None)
+        self.diameter, self.refine = diameter, refine
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.score_threshold, self.mask_threshold, self.min_area = score_threshold, mask_threshold, min_area
         self.model.roi_heads.score_thresh = score_threshold
@@ -162,8 +199,28 @@ class MaskRCNNSegmenter:
         shape = channel.shape
         if not channel.any():
             return np.zeros(shape, dtype=np.int32)
-        detections = self.detect(channel)
+        if self.trained_diameter is None:
+            return paste_labels(self.detect(channel), shape, self.mask_threshold, self.min_area)
+        diameter = self.diameter or estimate_diameter(channel) or self.trained_diameter
+        detections = self.detect_at(channel, diameter)
+        if self.diameter is None and self.refine and len(detections.scores) >= 3:
+            measured = detections.median_diameter(self.mask_threshold)
+            if measured and abs(math.log(measured / diameter)) > math.log(REFINE_TOLERANCE):
+                detections = self.detect_at(channel, measured)
         return paste_labels(detections, shape, self.mask_threshold, self.min_area)
+
+    def detect_at(self, channel: np.ndarray, diameter: float) -> Detections:
+        """Detections of a normalised channel whose nuclei measure ``diameter`` px, in its own pixels.
+
+        The channel is resampled so nuclei have the network's trained size; boxes come back
+        in the channel's pixel grid.
+        """
+        factor = min(max(self.trained_diameter / diameter, SCALE_LIMITS[0]), SCALE_LIMITS[1])
+        shape = scaled_shape(channel.shape, factor)
+        if shape == channel.shape:
+            return self.detect(channel)
+        found = self.detect(resample(channel, shape))
+        return found.scaled(channel.shape[1] / shape[1], channel.shape[0] / shape[0])
 
     @torch.inference_mode()
     def detect(self, channel: np.ndarray) -> Detections:

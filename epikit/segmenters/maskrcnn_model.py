@@ -65,14 +65,20 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 128
     max_detections: int = 500
+    nucleus_diameter: float | None = 20.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild a config from a checkpoint's ``config`` dict (lists become tuples)."""
+        """Rebuild a config from a checkpoint's ``config`` dict (lists become tuples).
+
+        Checkpoints without ``nucleus_diameter`` (epikit 0.1) were trained at the images' own
+        scale: they get ``None``, which turns rescaling off.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelError(f"checkpoint config has unknown fields {unknown}; upgrade epikit")
+        data = {"nucleus_diameter": None, **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +187,8 @@ def build_model(config: ModelConfig | None = None) -> MaskRCNN:
     model.transform = TileTransform(
         min_size=256, max_size=4096, image_mean=[0.0], image_std=[1.0], size_divisible=32
     )
+    # Inference resamples fields to this nucleus size (see epikit.segmenters.maskrcnn).
+    model.nucleus_diameter = config.nucleus_diameter
     return model
 
 

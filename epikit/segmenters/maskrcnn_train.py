@@ -14,6 +14,7 @@ final sidecar adds the average precision on held-out simulated fields.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import platform
 import sys
@@ -39,6 +40,7 @@ from epikit.segmenters.maskrcnn_model import (
     normalise_nuclear,
     sidecar_path,
 )
+from epikit.segmenters.scale import diameter_from_labels, resample
 
 VALIDATION_SEED = 900_001
 MIN_OBJECT_AREA = 4
@@ -67,6 +69,29 @@ def targets_from_labels(labels: np.ndarray) -> dict[str, torch.Tensor]:
     return {"boxes": boxes, "labels": torch.ones(len(masks), dtype=torch.int64), "masks": stack}
 
 
+def vary_acquisition(raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Imitate other microscopes on a raw nuclear image: uneven illumination, dim 8-bit exposures.
+
+    With probability 0.3 the field is lit by a smooth tilted/vignetted profile plus an offset;
+    with probability 0.3 it is rescaled to a dim exposure (peak 4-60 grey levels) with shot
+    noise and integer quantisation - the texture that over-splits dim nuclei.
+    """
+    image = raw.astype(np.float32)
+    low, high = np.percentile(image, (1.0, 99.8))
+    span = max(float(high - low), 1e-6)
+    if rng.random() < 0.3:
+        yy, xx = np.mgrid[-1 : 1 : image.shape[0] * 1j, -1 : 1 : image.shape[1] * 1j]
+        tilt = 1.0 + rng.uniform(-0.5, 0.5) * yy + rng.uniform(-0.5, 0.5) * xx
+        vignette = 1.0 - rng.uniform(0.0, 0.4) * (yy**2 + xx**2) / 2
+        offset = rng.uniform(0.0, 0.6) * span * (1.0 + rng.uniform(-0.5, 0.5) * xx)
+        image = (image - low) * np.clip(tilt * vignette, 0.2, None) + low + offset
+    if rng.random() < 0.3:
+        peak = float(np.exp(rng.uniform(np.log(4.0), np.log(60.0))))
+        scaled = np.clip((image - low) / span, 0.0, None) * peak + rng.uniform(0.0, 3.0)
+        image = np.floor(rng.poisson(scaled).astype(np.float32))
+    return image.astype(np.float32)
+
+
 def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random rot90/flips (same for labels) and contrast/gamma/noise on a normalised image."""
     k = int(rng.integers(4))
@@ -82,16 +107,43 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> 
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)
 
 
+def crop_at_scale(
+    image: np.ndarray, labels: np.ndarray, factor: float, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` x ``size`` window of ``image``/``labels`` magnified by ``factor``.
+
+    The window is cut first and resampled after (cheap for large images). Fields smaller
+    than the window are padded with their background level and no labels.
+    """
+    window = max(1, math.ceil(size / factor))
+    pad_y, pad_x = max(0, window - image.shape[0]), max(0, window - image.shape[1])
+    if pad_y or pad_x:
+        background = float(np.percentile(image, 1.0))
+        image = np.pad(image, ((0, pad_y), (0, pad_x)), constant_values=background)
+        labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
+    y = int(rng.integers(image.shape[0] - window + 1))
+    x = int(rng.integers(image.shape[1] - window + 1))
+    image, labels = image[y : y + window, x : x + window], labels[y : y + window, x : x + window]
+    return resample(image, (size, size)), resample(labels, (size, size), labels=True)
+
+
+def _zoom(rng: np.random.Generator, zoom: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(*np.log(zoom))))
+
+
 class SimulatedFields:
-    """Fresh ``size`` x ``size`` simulated fields with diverse settings (nuclear channel).
+    """Fresh simulated fields with diverse settings (nuclear channel), brought to ``diameter``.
 
     A fraction ``empty`` of the fields has no nuclei (background, illumination and noise
     only), so the model learns that a nucleus-free field - stretched to full contrast by the
-    per-image normalisation - holds nothing.
+    per-image normalisation - holds nothing. With ``diameter`` each field is magnified so its
+    nuclei measure ``diameter`` pixels (times a random ``zoom``), as inference does.
     """
 
-    def __init__(self, size: int, empty: float = 0.05) -> None:
-        self.size, self.empty = size, empty
+    def __init__(
+        self, size: int, empty: float = 0.05, diameter: float | None = None, zoom: tuple[float, float] = (0.7, 1.4)
+    ) -> None:
+        self.size, self.empty, self.diameter, self.zoom = size, empty, diameter, zoom
         self.description = (
             "epikit.simulate fields, settings from sample_diverse_field_params, fresh each step, "
             f"{empty:.0%} without nuclei"
@@ -105,48 +157,73 @@ class SimulatedFields:
         if rng.random() < self.empty:
             params["n_nuclei"] = 0
         field = simulate_field(rng, **params)
-        return field.image[0].astype(np.float32), field.labels
+        image, labels = field.image[0].astype(np.float32), field.labels
+        measured = diameter_from_labels(labels)
+        if self.diameter is None or measured is None:
+            return image, labels
+        return crop_at_scale(image, labels, self.diameter / measured * _zoom(rng, self.zoom), self.size, rng)
 
 
 class AnnotatedCrops:
-    """Random crops of annotated images at a random zoom (``zoom`` range, log-uniform)."""
+    """Random crops of annotated images, each magnified so its nuclei measure ``diameter`` px.
 
-    def __init__(self, images: list[Any], size: int, zoom: tuple[float, float] = (0.7, 1.4)) -> None:
+    Every image's typical diameter is the median over its labelled nuclei; a random ``zoom``
+    (log-uniform) spreads sizes around ``diameter`` so an imperfect size estimate at inference
+    is tolerated. Without ``diameter`` the crops keep the images' own scale (times ``zoom``).
+    """
+
+    def __init__(
+        self, images: list[Any], size: int, diameter: float | None = None, zoom: tuple[float, float] = (0.7, 1.4)
+    ) -> None:
         if not images:
             raise DataError("no annotated images to train on")
-        self.images, self.size, self.zoom = images, size, zoom
-        self.description = f"{len(images)} annotated images, random {size}px crops, zoom {zoom[0]}-{zoom[1]}"
+        self.images, self.size, self.diameter, self.zoom = images, size, diameter, zoom
+        self.factors = [
+            1.0 if diameter is None or measured is None else diameter / measured
+            for measured in (diameter_from_labels(sample.labels) for sample in images)
+        ]
+        target = f"nuclei brought to {diameter:g} px" if diameter else "native scale"
+        self.description = f"{len(images)} annotated images, random {size}px crops, {target}, zoom {zoom[0]}-{zoom[1]}"
 
     def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One crop's raw nuclear channel and labels."""
-        from skimage.transform import rescale
+        index = int(rng.integers(len(self.images)))
+        sample = self.images[index]
+        factor = self.factors[index] * _zoom(rng, self.zoom)
+        return crop_at_scale(sample.image.astype(np.float32), sample.labels, factor, self.size, rng)
 
-        sample = self.images[int(rng.integers(len(self.images)))]
-        zoom = float(np.exp(rng.uniform(*np.log(self.zoom))))
-        image = rescale(sample.image, zoom, order=1, preserve_range=True, anti_aliasing=zoom < 1).astype(np.float32)
-        labels = rescale(sample.labels, zoom, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-        pad_y, pad_x = max(0, self.size - image.shape[0]), max(0, self.size - image.shape[1])
-        if pad_y or pad_x:
-            image = np.pad(image, ((0, pad_y), (0, pad_x)), mode="reflect" if min(image.shape) > 1 else "edge")
-            labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
-        y = int(rng.integers(image.shape[0] - self.size + 1))
-        x = int(rng.integers(image.shape[1] - self.size + 1))
-        return image[y : y + self.size, x : x + self.size], labels[y : y + self.size, x : x + self.size]
+
+class MixedSource:
+    """Draws each sample from one of several sources with the given probabilities."""
+
+    def __init__(self, sources: list[tuple[Any, float]]) -> None:
+        self.sources = [source for source, weight in sources if weight > 0]
+        weights = np.array([weight for _, weight in sources if weight > 0], dtype=float)
+        self.weights = weights / weights.sum()
+        self.description = " + ".join(
+            f"{weight:.0%} {source.description}" for source, weight in zip(self.sources, self.weights)
+        )
+
+    def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One sample from a randomly chosen source."""
+        return self.sources[int(rng.choice(len(self.sources), p=self.weights))](rng)
 
 
 class TrainingStream(IterableDataset):
     """An endless stream of augmented (image tensor (1, S, S), target dict) samples."""
 
-    def __init__(self, source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], seed: int) -> None:
+    def __init__(
+        self, source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], seed: int, start: int = 0
+    ) -> None:
         super().__init__()
-        self.source, self.seed = source, seed
+        self.source, self.seed, self.start = source, seed, start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        rng = np.random.default_rng([self.seed, info.id if info else 0, self.start])
         while True:
             raw, labels = self.source(rng)
-            image, labels = augment(normalise_nuclear(raw), labels, rng)
+            image, labels = augment(normalise_nuclear(vary_acquisition(raw, rng)), labels, rng)
             yield torch.from_numpy(image)[None], targets_from_labels(labels)
 
 
@@ -161,30 +238,46 @@ def learning_rate(progress: float, step: int, base: float, warmup: int = 100) ->
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def validation_names(names: list[str], fraction: float, salt: str = "epikit-validation") -> list[str]:
+    """The fixed held-out subset of ``names``: those whose salted sha256 falls below ``fraction``.
+
+    Each name's membership depends on the name alone, so adding or removing other images
+    never moves an image between training and validation.
+    """
+    def position(name: str) -> float:
+        return int(hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:12], 16) / 16**12
+
+    return sorted(name for name in names if position(name) < fraction)
+
+
+def _average_scores(segmenter: Any, pairs: Iterator[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Per-image DSB scores of ``segmenter`` averaged over images (the DSB2018 convention)."""
+    from epikit.analysis.segmentation_metrics import evaluate_segmentation
+
+    scores = [evaluate_segmentation(segmenter.segment(image[None]), labels) for image, labels in pairs]
+    keys = ("ap_50", "mean_ap", "f1")
+    return {"images": len(scores), **{key: float(np.mean([s[key] for s in scores])) for key in keys}}
+
+
 def validate(model: torch.nn.Module, fields: int, size: int, seed: int = VALIDATION_SEED) -> dict[str, Any]:
     """AP of ``model`` on ``fields`` simulated ``size`` x ``size`` fields (default settings)."""
-    from epikit.analysis.segmentation_metrics import evaluate_segmentation
     from epikit.segmenters.maskrcnn import MaskRCNNSegmenter
     from epikit.simulate import simulate_field
 
-    was_training = model.training
-    segmenter = MaskRCNNSegmenter(model=model)
     rng = np.random.default_rng(seed)
-    ap50, mean_ap = [], []
-    for _ in range(fields):
-        field = simulate_field(rng, size=(size, size), channels=("Hoechst",))
-        scores = evaluate_segmentation(segmenter.segment(field.image.astype(np.float32)), field.labels)
-        ap50.append(scores["ap_50"])
-        mean_ap.append(scores["mean_ap"])
-    model.train(was_training)
-    return {
-        "fields": fields,
-        "size": size,
-        "seed": seed,
-        "simulator": "epikit.simulate.simulate_field defaults",
-        "ap50": float(np.mean(ap50)),
-        "mean_ap": float(np.mean(mean_ap)),
-    }
+    simulated = (simulate_field(rng, size=(size, size), channels=("Hoechst",)) for _ in range(fields))
+    scores = _average_scores(
+        MaskRCNNSegmenter(model=model), ((f.image[0].astype(np.float32), f.labels) for f in simulated)
+    )
+    return {"size": size, "seed": seed, "simulator": "epikit.simulate.simulate_field defaults", **scores}
+
+
+def validate_annotated(model: torch.nn.Module, images: list[Any]) -> dict[str, Any]:
+    """AP of ``model`` (default inference: estimated diameter) on held-out annotated images."""
+    from epikit.segmenters.maskrcnn import MaskRCNNSegmenter
+
+    scores = _average_scores(MaskRCNNSegmenter(model=model), ((i.image, i.labels) for i in images))
+    return {"ids": [image.name for image in images], **scores}
 
 
 @dataclass
@@ -202,6 +295,9 @@ class TrainingSettings:
     max_minutes: float | None
     val_fields: int
     val_size: int
+    val_fraction: float
+    simulated_fraction: float
+    init: str | None
 
 
 def _save(out: Path, model: torch.nn.Module, config: ModelConfig, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -213,15 +309,41 @@ def _save(out: Path, model: torch.nn.Module, config: ModelConfig, metadata: dict
     return metadata
 
 
-def _make_source(data: str | Path, size: int, nuclear_channel: int) -> Any:
-    if str(data) == "simulate":
-        return SimulatedFields(size)
-    from epikit.segmenters.dsb import load_training_images
+def resume_path(out: Path) -> Path:
+    """Where an unfinished run keeps its full training state (``<out stem>.resume.pt``)."""
+    return Path(out).with_suffix(".resume.pt")
 
-    images = load_training_images(Path(data), nuclear_channel=nuclear_channel)
-    source = AnnotatedCrops(images, size)
-    source.description = f"{data}: " + source.description
-    return source
+
+def _load_resume(out: Path, settings: TrainingSettings) -> dict[str, Any] | None:
+    """The saved state of an interrupted run with the same settings, else None."""
+    path = resume_path(out)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("settings") != vars(settings):
+        raise ConfigError(
+            f"{path} holds an interrupted run with other settings ({state.get('settings')}); "
+            "rerun that command to finish it, or delete the file to start afresh"
+        )
+    return state
+
+
+def _make_sources(
+    data: str | Path, size: int, nuclear_channel: int, config: ModelConfig, val_fraction: float, simulated: float
+) -> tuple[Any, list[Any]]:
+    """The training sample source and the held-out annotated images."""
+    diameter = config.nucleus_diameter
+    if str(data) == "simulate":
+        return SimulatedFields(size, diameter=diameter), []
+    from epikit.io.annotated import load_training_images
+
+    images = load_training_images(Path(data), nuclear_channel=nuclear_channel, fluorescence_only=True)
+    held_out = set(validation_names([image.name for image in images], val_fraction))
+    training = [image for image in images if image.name not in held_out]
+    crops = AnnotatedCrops(training, size, diameter=diameter)
+    crops.description = f"{data}: {crops.description} ({len(held_out)} more held out for validation)"
+    source = MixedSource([(crops, 1.0 - simulated), (SimulatedFields(size, diameter=diameter), simulated)])
+    return source, [image for image in images if image.name in held_out]
 
 
 def train_maskrcnn(
@@ -239,36 +361,59 @@ def train_maskrcnn(
     max_minutes: float | None = None,
     val_fields: int = 10,
     val_size: int = 512,
+    val_fraction: float = 0.1,
+    simulated_fraction: float = 0.15,
+    init: str | Path | None = None,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train a nuclei Mask R-CNN and write ``out`` (fp16 checkpoint) + ``out`` sidecar JSON.
 
-    ``data`` is ``"simulate"`` or a folder of annotated images (see :mod:`epikit.segmenters.dsb`).
+    ``data`` is ``"simulate"`` or a folder of annotated images (see :mod:`epikit.io.annotated`;
+    of a DSB2018 folder only the fluorescence images are used). A fixed ``val_fraction`` of
+    the annotated images (:func:`validation_names`) is held out; ``simulated_fraction`` of the
+    samples are simulated fields. Every sample is brought to the config's ``nucleus_diameter``.
+    ``init`` starts from the weights of an existing checkpoint (same architecture).
     Runs on epikit's default device. ``val_fields`` simulated fields of ``val_size`` pixels
-    (a seed never used in training) give the validation AP; 0 skips validation.
+    (a seed never used in training) give the simulator's validation AP; 0 skips it.
     ``max_minutes`` bounds the training time on shared machines: the learning-rate schedule
     follows whichever of steps or time is further along and training stops when time is up
-    (the sidecar records the steps actually taken).
-    Returns the sidecar metadata.
+    (the sidecar records the steps actually taken). Every ``checkpoint_every`` steps the
+    full state goes to :func:`resume_path`; the same call after an interruption continues
+    from there (its data stream is reseeded at the resumed step). Returns the sidecar metadata.
     """
     from epikit.device import default_device
     from epikit.plugins import epikit_version
 
     if steps < 1 or batch < 1 or size < 64 or size % 32:
         raise ConfigError(f"need steps >= 1, batch >= 1 and size a multiple of 32 >= 64 (got {steps}, {batch}, {size})")
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= simulated_fraction <= 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1) and simulated_fraction in [0, 1], got {val_fraction}, {simulated_fraction}")
     out = Path(out)
     config = config or ModelConfig()
     settings = TrainingSettings(
-        str(data), steps, batch, size, lr, seed, workers, checkpoint_every, max_minutes, val_fields, val_size
+        str(data), steps, batch, size, lr, seed, workers, checkpoint_every, max_minutes, val_fields, val_size,
+        val_fraction, simulated_fraction, None if init is None else str(init),
     )
-    source = _make_source(data, size, nuclear_channel)
+    source, held_out = _make_sources(data, size, nuclear_channel, config, val_fraction, simulated_fraction)
     torch.manual_seed(seed)
     device = default_device()
     model = build_model(config).to(device).train()
+    init_record = None
+    if init is not None:
+        initial, _, init_path = load_model(init, device=device)
+        model.load_state_dict(initial.state_dict())
+        init_record = {"path": str(init), "sha256": sha256_file(init_path)}
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    state = _load_resume(out, settings)
+    first, curve, recent, elapsed = 0, [], [], 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        first, curve, recent, elapsed = state["step"], state["curve"], state["recent"], state["elapsed"]
+        log(f"resuming {resume_path(out)} at step {first}")
     loader = DataLoader(
-        TrainingStream(source, seed),
+        TrainingStream(source, seed, start=first),
         batch_size=batch,
         collate_fn=_collate,
         num_workers=workers,
@@ -283,6 +428,7 @@ def train_maskrcnn(
             "normalisation": "per-image percentiles (1, 99.8) of the nuclear channel -> 0, 1",
         },
         "training_data": source.description,
+        "init": init_record,
         "settings": vars(settings),
         "command": command or " ".join(sys.argv),
         "epikit_version": epikit_version(),
@@ -290,13 +436,11 @@ def train_maskrcnn(
         "device": str(device),
         "platform": platform.platform(),
     }
-    curve: list[dict[str, float]] = []
-    recent: list[float] = []
-    started = time.monotonic()
+    started = time.monotonic() - elapsed
     stream = iter(loader)
     budget = max_minutes * 60 if max_minutes else math.inf
-    done = 0
-    for step in range(steps):
+    done = first
+    for step in range(first, steps):
         progress = max(step / steps, (time.monotonic() - started) / budget)
         if progress >= 1.0:
             log(f"time budget of {max_minutes} min reached after {step} steps")
@@ -324,19 +468,28 @@ def train_maskrcnn(
         if done % checkpoint_every == 0 and done < steps:
             _save(out, model, config, {**metadata, "steps": done, "complete": False,
                                        "final_loss": float(np.mean(recent)), "loss_curve": curve})
+            with atomic_path(resume_path(out)) as tmp:
+                torch.save({"settings": vars(settings), "step": done, "model": model.state_dict(),
+                            "optimiser": optimiser.state_dict(), "curve": curve, "recent": recent,
+                            "elapsed": time.monotonic() - started}, tmp)
     metadata.update(
         steps=done,
         complete=True,
+        resumed_at=first or None,
         final_loss=float(np.mean(recent)),
         train_seconds=round(time.monotonic() - started, 1),
         loss_curve=curve,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     metadata = _save(out, model, config, metadata)
+    resume_path(out).unlink(missing_ok=True)
+    # Validate what was written (fp16 weights), not the fp32 model in memory.
+    trained, _, _ = load_model(out, device=device)
+    if held_out:
+        metadata["validation"] = validate_annotated(trained, held_out)
+        log(f"held-out AP@0.5 {metadata['validation']['ap_50']:.3f} mean AP {metadata['validation']['mean_ap']:.3f}")
     if val_fields > 0:
-        # Validate what was written (fp16 weights), not the fp32 model in memory.
-        trained, _, _ = load_model(out, device=device)
-        metadata["validation"] = validate(trained, val_fields, val_size)
-        write_json(sidecar_path(out), metadata)
-        log(f"validation AP@0.5 {metadata['validation']['ap50']:.3f} mean AP {metadata['validation']['mean_ap']:.3f}")
+        metadata["validation_simulated"] = validate(trained, val_fields, val_size)
+        log(f"simulated AP@0.5 {metadata['validation_simulated']['ap_50']:.3f}")
+    write_json(sidecar_path(out), metadata)
     return metadata

@@ -1,6 +1,7 @@
 """The ``watershed`` segmenter: classical nucleus segmentation with no weights.
 
-Steps on the nuclear channel: Gaussian smoothing, a global threshold (Li's by default),
+Steps on the nuclear channel: an estimate of the nucleus diameter (unless given), Gaussian
+smoothing that follows it, a global threshold (Li's by default),
 hole filling, a distance transform whose maxima (spaced by the expected nucleus size) seed
 a marker-controlled watershed that splits touching nuclei, then a size filter and
 relabelling to 1..n. A field whose "foreground" is not clearly brighter than its
@@ -21,10 +22,12 @@ from scipy import ndimage
 
 from epikit.errors import ConfigError
 from epikit.segmenters.labels import filter_by_area, finalize_labels, nuclear_plane
+from epikit.segmenters.scale import estimate_diameter
 
 THRESHOLD_METHODS = ("li", "otsu", "triangle", "yen", "mean")
 MARKER_SPACING = 0.15  # default min_distance as a fraction of the nucleus diameter
 MIN_AREA_FRACTION = 0.1  # default min_area as a fraction of the typical nucleus area
+SIGMA_FRACTION = 1 / 40  # default smoothing as a fraction of the diameter (at least 1 px)
 
 
 def _auto_threshold(values: np.ndarray, method: str) -> float:
@@ -34,28 +37,21 @@ def _auto_threshold(values: np.ndarray, method: str) -> float:
     return float(function(values))
 
 
-def typical_diameter(areas: np.ndarray) -> float:
-    """Equivalent diameter of the area-weighted median object (robust to many small specks)."""
-    ordered = np.sort(np.asarray(areas, dtype=float))
-    cumulative = np.cumsum(ordered)
-    median_area = ordered[np.searchsorted(cumulative, cumulative[-1] / 2)]
-    return float(2.0 * np.sqrt(median_area / np.pi))
-
-
 class WatershedSegmenter:
     """Threshold + distance-transform watershed on the nuclear channel.
 
     Parameters
     ----------
     sigma:
-        Gaussian smoothing (pixels) before thresholding; 0 turns it off.
+        Gaussian smoothing (pixels) before thresholding; 0 turns it off. Default:
+        ``max(1, diameter / 40)``, so the texture of large nuclei is smoothed away.
     threshold:
         ``"li"``, ``"otsu"``, ``"triangle"``, ``"yen"``, ``"mean"`` (scikit-image's
         automatic thresholds), or a number in the nuclear channel's intensity units.
     diameter:
-        Expected nucleus diameter in pixels; ``None`` estimates it per image from the
-        area-weighted median size of the thresholded objects. It sets the marker spacing
-        and the default minimum area.
+        Expected nucleus diameter in pixels; ``None`` estimates it per image
+        (:func:`epikit.segmenters.scale.estimate_diameter`). It sets the default smoothing,
+        the marker spacing and the default minimum area.
     min_distance:
         Smallest distance (pixels) between two distance-transform maxima that seed
         separate nuclei; default ``0.15 * diameter``.
@@ -71,7 +67,7 @@ class WatershedSegmenter:
 
     def __init__(
         self,
-        sigma: float = 1.0,
+        sigma: float | None = None,
         threshold: str | float = "li",
         diameter: float | None = None,
         min_distance: float | None = None,
@@ -86,7 +82,7 @@ class WatershedSegmenter:
         if not isinstance(threshold, (str, int, float)) or isinstance(threshold, bool):
             raise ConfigError(f"watershed threshold must be a method name or a number, "
                               f"got {threshold!r}")
-        for name, value in (("sigma", sigma), ("min_contrast", min_contrast)):
+        for name, value in (("sigma", sigma or 0.0), ("min_contrast", min_contrast)):
             if value < 0:
                 raise ConfigError(f"watershed {name} must be >= 0, got {value}")
         for name, value in (("diameter", diameter), ("min_distance", min_distance)):
@@ -94,7 +90,7 @@ class WatershedSegmenter:
                 raise ConfigError(f"watershed {name} must be > 0, got {value}")
         if min_area is not None and max_area is not None and max_area < min_area:
             raise ConfigError(f"watershed max_area ({max_area}) is below min_area ({min_area})")
-        self.sigma = float(sigma)
+        self.sigma = None if sigma is None else float(sigma)
         self.threshold = threshold
         self.diameter = diameter
         self.min_distance = min_distance
@@ -127,17 +123,13 @@ class WatershedSegmenter:
     def segment(self, image: np.ndarray, nuclear_channel: int = 0) -> np.ndarray:
         """Label the nuclei of ``image[nuclear_channel]``: int32 (Y, X), 0 = background."""
         plane = nuclear_plane(image, nuclear_channel)
-        smooth = ndimage.gaussian_filter(plane, self.sigma) if self.sigma > 0 else plane
+        diameter = self.diameter or estimate_diameter(plane) or 3.0
+        sigma = self.sigma if self.sigma is not None else max(1.0, SIGMA_FRACTION * diameter)
+        smooth = ndimage.gaussian_filter(plane, sigma) if sigma > 0 else plane
         mask = self.foreground(smooth)
         components, count = ndimage.label(mask)
         if count == 0:
             return np.zeros(plane.shape, dtype=np.int32)
-
-        diameter = self.diameter
-        if diameter is None:
-            areas = np.bincount(components.ravel())[1:]
-            areas = areas[areas >= 9]  # ignore specks when estimating the nucleus size
-            diameter = typical_diameter(areas) if areas.size else 3.0
         min_area = self.min_area
         if min_area is None:
             min_area = max(4, int(MIN_AREA_FRACTION * np.pi * (diameter / 2) ** 2))
