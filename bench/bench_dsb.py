@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="maskrcnn weights (default: shipped)")
     parser.add_argument("--before", type=Path, default=None, help="older maskrcnn weights to compare")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as given to train-segmenter")
+    parser.add_argument("--limit", type=int, default=None, help="first N validation images only (a quick look)")
     parser.add_argument("--scales", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--sim", type=int, default=10)
     parser.add_argument("--sora", type=int, default=3)
@@ -85,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    base = validation_images(args.data, args.val_fraction)
+    base = validation_images(args.data, args.val_fraction)[: args.limit]
     sets = {f"dsb-val x{k}": base if k == 1 else upscaled(base, k) for k in args.scales}
     if args.sim:
         sets["sim 512"] = [(image[:1], labels) for image, labels in study_fields(20_260_817, args.sim)]

@@ -242,6 +242,20 @@ def test_shipped_model_segments_a_real_held_out_crop(shipped):
     assert evaluate_segmentation(labels, truth)["ap_50"] >= 0.8
 
 
+def test_8_and_16_bit_dim_saturated_and_uneven_copies_segment_alike(shipped):
+    image, truth = _real_crop()
+    yy, xx = np.mgrid[:160, :160]
+    copies = {
+        "16-bit": (image * 257).astype(np.uint16),
+        "dim": np.round(image * 12 / image.max()).astype(np.uint8),  # 13 grey levels
+        "saturated": np.clip(image * 3, 0, 255).astype(np.uint8),
+        "uneven": (image + 60 * (xx + yy) / 320).astype(np.float32),
+    }
+    for name, copy in copies.items():
+        labels = shipped.segment(copy[None])
+        assert evaluate_segmentation(labels, truth)["ap_50"] >= 0.7, name
+
+
 def test_rescaled_inference_returns_labels_at_the_input_shape(shipped):
     image, truth = _real_crop()
     big = ndi.zoom(image, 3, order=1)[:470, :455]  # nuclei about 70 px across, odd shape

@@ -45,6 +45,9 @@ def train_segmenter_command(
         0.15, "--simulated-fraction", help="Share of training samples drawn from the simulator (annotated data only)."
     ),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this checkpoint's weights (path or URL)."),
+    data_source: Optional[str] = typer.Option(
+        None, "--data-source", help="Where the data came from and its licence (recorded in the sidecar)."
+    ),
 ) -> None:
     """Train a segmenter and write its checkpoint and metadata sidecar."""
     if name not in TRAINABLE:
@@ -61,12 +64,13 @@ def train_segmenter_command(
             "--workers", workers, "--threads", threads, "--checkpoint-every", checkpoint_every,
             "--max-minutes", max_minutes,
             "--val-fields", val_fields, "--val-size", val_size, "--val-fraction", val_fraction,
-            "--simulated-fraction", simulated_fraction, *(["--init", init] if init else []), "--out", out]
+            "--simulated-fraction", simulated_fraction, *(["--init", init] if init else []),
+            *(["--data-source", data_source] if data_source else []), "--out", out]
     metadata = train_maskrcnn(
         out, data=data, steps=steps, batch=batch, size=size, lr=lr, seed=seed,
         nuclear_channel=nuclear_channel, workers=workers, checkpoint_every=checkpoint_every,
         max_minutes=max_minutes or None,
         val_fields=val_fields, val_size=val_size, val_fraction=val_fraction,
-        simulated_fraction=simulated_fraction, init=init, command=shlex.join(str(a) for a in argv), log=typer.echo,
+        simulated_fraction=simulated_fraction, init=init, data_source=data_source, command=shlex.join(str(a) for a in argv), log=typer.echo,
     )
     typer.echo(f"wrote {out} (sha256 {metadata['sha256']}) and {Path(out).with_suffix('.json')}")

@@ -364,6 +364,7 @@ def train_maskrcnn(
     val_fraction: float = 0.1,
     simulated_fraction: float = 0.15,
     init: str | Path | None = None,
+    data_source: str | None = None,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -373,7 +374,8 @@ def train_maskrcnn(
     of a DSB2018 folder only the fluorescence images are used). A fixed ``val_fraction`` of
     the annotated images (:func:`validation_names`) is held out; ``simulated_fraction`` of the
     samples are simulated fields. Every sample is brought to the config's ``nucleus_diameter``.
-    ``init`` starts from the weights of an existing checkpoint (same architecture).
+    ``init`` starts from the weights of an existing checkpoint (same architecture);
+    ``data_source`` (where the data came from and its licence) is recorded in the sidecar.
     Runs on epikit's default device. ``val_fields`` simulated fields of ``val_size`` pixels
     (a seed never used in training) give the simulator's validation AP; 0 skips it.
     ``max_minutes`` bounds the training time on shared machines: the learning-rate schedule
@@ -428,6 +430,7 @@ def train_maskrcnn(
             "normalisation": "per-image percentiles (1, 99.8) of the nuclear channel -> 0, 1",
         },
         "training_data": source.description,
+        "data_source": data_source,
         "init": init_record,
         "settings": vars(settings),
         "command": command or " ".join(sys.argv),
