@@ -2,7 +2,7 @@
 
 A configuration is a nested dict with one table per stage. Keys a stage knows are its
 options; any other key given for a stage goes to its plugin (for ``train``, keys naming a
-:class:`epikit.training.TrainingOptions` field, such as ``patience``, go to the training loop) (``segment.min_area=30`` reaches
+:class:`epikit.training.options.TrainingOptions` field, such as ``patience``, go to the training loop) (``segment.min_area=30`` reaches
 the segmenter as ``min_area=30``), so every option of every stage and plugin is reachable
 from the command line and from ``config.toml``. The resolved configuration is written into
 the run folder, and ``epikit run --config RUN/config.toml`` reproduces the run.

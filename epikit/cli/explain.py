@@ -54,7 +54,7 @@ def biomarkers_command(
     seed: int = typer.Option(0, "--seed", help="Seed of permutations, bootstrap and subsets."),
 ) -> None:
     """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
 
     summary = biomarker_run(run_dir, reference=reference, trust=trust, seed=seed, alpha=alpha,
                             image_test=image_test, shell_method=shells, trust_cells=trust_cells,

@@ -35,7 +35,7 @@ def train_command(
 ) -> None:
     """Train with grouped cross-validation; write model/, predictions in cells.parquet, metrics.json."""
     from epikit.errors import ConfigError
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     if view and views:
         raise ConfigError("give either --view or --views, not both")
