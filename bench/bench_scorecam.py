@@ -51,7 +51,7 @@ def build_model_and_crops(size: int, cells: int, epochs: int, root: Path, seed: 
     from epikit.registry import get_classifier
     from epikit.simulate import simulate_dataset
     from epikit.training.fit import train_classifier
-    from epikit.training.options import TrainingOptions
+    from epikit.options import TrainingOptions
 
     simulate_dataset(root / "input", n_fields=4, size=256, seed=seed)
     run = root / "run"

@@ -31,7 +31,7 @@ def speed(sizes: list[int], cells: int, epochs: int, batch_size: int, channels: 
 
     from epikit.registry import get_classifier
     from epikit.training.fit import train_classifier
-    from epikit.training.options import TrainingOptions
+    from epikit.options import TrainingOptions
 
     rows = []
     for size in sizes:

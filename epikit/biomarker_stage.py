@@ -41,6 +41,7 @@ from epikit.analysis.trust import (
 )
 from epikit.errors import ConfigError, DataError
 from epikit.io.store import write_csv
+from epikit.options import BiomarkerOptions
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
 from epikit.runfolder.crops import read_masks
@@ -50,7 +51,7 @@ from epikit.runfolder.metrics import read_metrics, update_metrics
 from epikit.runfolder.models import load_fold_models
 from epikit.runfolder.rows import cell_rows
 from epikit.training.cross_validation import cross_validate
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -58,24 +59,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def biomarker_run(
     run_dir: str | Path,
-    reference: str | None = None,
-    trust: bool = True,
+    reference: str | None = BiomarkerOptions.reference,
+    trust: bool = BiomarkerOptions.trust,
     seed: int = 0,
     *,
     alpha: float = 0.05,
     image_test: str = "permutation",
     shell_method: str = "scaled",
-    trust_cells: int = 32,
-    control_epochs: int | None = None,
+    trust_cells: int = BiomarkerOptions.trust_cells,
+    control_epochs: int | None = BiomarkerOptions.control_epochs,
     explainers: Sequence[str] | None = None,
     maps: bool = True,
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
-    ``reference``: the reference condition (default: a control-like name, else the first).
+    ``reference``: the reference condition (``""`` or None: a control-like name, else the first).
     ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
     :func:`trust_checks`): channel attribution, mask-edge
-    control (trains the run's classifier on masks: ``control_epochs`` overrides its epochs),
+    control (trains the run's classifier on masks for ``control_epochs`` epochs; 0 or None: as
+    many as the run's classifier),
     faithfulness for ``explainers`` (default: the stored maps' explainer, gradcam and
     scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
     condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
@@ -92,7 +94,7 @@ def biomarker_run(
     dataset = CellDataset(run_dir)
     cells = dataset.table
     n_shells = int(dataset.attrs.get("n_shells", 5))
-    reference = choose_reference(cells["condition"].astype(str).unique(), reference)
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference or None)
     map_sets = read_map_sets(run_dir) if maps else []
     frames = []
     map_shares: dict[str, np.ndarray] = {}
@@ -214,14 +216,14 @@ def trust_checks(
     reference: str,
     seed: int = 0,
     alpha: float = 0.05,
-    trust_cells: int = 32,
-    control_epochs: int | None = None,
+    trust_cells: int = BiomarkerOptions.trust_cells,
+    control_epochs: int | None = BiomarkerOptions.control_epochs,
     explainers: Any = None,
     shell_method: str = "scaled",
     image_test: str = "permutation",
     steps: int = 16,
 ) -> dict[str, Any]:
-    """Run every trust check for one view's stored maps .
+    """Run every trust check for one view's stored maps.
 
     Channel attribution uses every explained cell; faithfulness and the sanity check use up
     to ``trust_cells`` per condition; the mask-edge control explains every explained cell
@@ -267,7 +269,7 @@ def trust_checks(
     sanity = summarise_sanity(rank_correlation(stored.maps[subset], random_maps, masks[subset]))
     sanity["explainer"] = name
 
-    control = train_mask_control(run_dir, epochs=control_epochs, seed=seed)
+    control = train_mask_control(run_dir, epochs=control_epochs or None, seed=seed)
     control_fold = control.fold[rows]
     tested = control_fold >= 0
     control_maps = _explain_by_fold(get_explainer(name, **params), control.models,

@@ -25,6 +25,7 @@ import pandas as pd
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.analysis.fold_maps import merge_info
 from epikit.errors import ConfigError, DataError
+from epikit.options import ExplainOptions
 from epikit.runfolder import layout
 from epikit.runfolder.maps import ViewMaps, write_maps
 
@@ -207,12 +208,12 @@ def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
 
 def explain_run(
     run_dir: str | Path,
-    explainer: str = "scorecam",
+    explainer: str = ExplainOptions.explainer,
     params: dict[str, Any] | None = None,
     *,
-    cells: str = "correct",
-    max_cells: int | None = None,
-    target: str = "predicted",
+    cells: str = ExplainOptions.cells,
+    max_cells: int | None = ExplainOptions.max_cells,
+    target: str = ExplainOptions.target,
     views: Sequence[str] | str | None = None,
     seed: int = 0,
     chunk: int = 64,

@@ -85,7 +85,7 @@ def _stage_extract(ctx: RunContext) -> dict[str, Any]:
 def _stage_train(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import fields
 
-    from epikit.training.options import TrainingOptions
+    from epikit.options import TrainingOptions
     from epikit.training.stage import train_run
 
     options = dict(ctx.config["train"])
@@ -110,10 +110,9 @@ def _stage_biomarkers(ctx: RunContext) -> dict[str, Any]:
     from epikit.biomarker_stage import biomarker_run
 
     options = ctx.config["biomarkers"]
-    return biomarker_run(ctx.run_dir, reference=options["reference"] or None,
-                         trust=options["trust"], seed=ctx.config["seed"],
-                         trust_cells=options["trust_cells"],
-                         control_epochs=options["control_epochs"] or None)
+    return biomarker_run(ctx.run_dir, reference=options["reference"], trust=options["trust"],
+                         seed=ctx.config["seed"], trust_cells=options["trust_cells"],
+                         control_epochs=options["control_epochs"])
 
 
 def _stage_report(ctx: RunContext) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from epikit.splits import check_groups_per_class, confounded_columns, grouped_fo
 from epikit.runfolder.models import load_fold_models
 from epikit.splits import assign_folds, validation_split
 from epikit.training.cross_validation import CELL_SPLIT_WARNING, cross_validate
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions
 from epikit.training.stage import resolve_views, train_run
 
 FAST = {"epochs": 2, "batch_size": 16, "progress": False}

@@ -1,6 +1,6 @@
 """Training classifiers on single-cell crops, split by job.
 
-* :mod:`~epikit.training.options`: :class:`~epikit.training.options.TrainingOptions`.
+* :mod:`~epikit.options`: :class:`~epikit.options.TrainingOptions`.
 * :mod:`~epikit.training.fit`: the fit loop every classifier shares (``train_classifier``).
 * :mod:`~epikit.training.fold_store`: finished folds on disk, so a cross-validation resumes.
 * :mod:`~epikit.training.cross_validation`: ``cross_validate``, one model per fold.

@@ -22,7 +22,7 @@ from epikit.errors import DataError
 from epikit.splits import assign_folds, confounded_columns, validation_split
 from epikit.training.fit import TrainedModel, predict_proba, train_classifier
 from epikit.training.fold_store import FoldStore
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

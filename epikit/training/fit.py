@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from epikit.classification_metrics import classification_scores
 from epikit.errors import ModelError
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

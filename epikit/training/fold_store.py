@@ -14,7 +14,7 @@ import numpy as np
 
 from epikit.io.store import atomic_path
 from epikit.training.fit import TrainedModel
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

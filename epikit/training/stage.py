@@ -23,7 +23,7 @@ from epikit.runfolder import layout
 from epikit.runfolder.rows import cell_rows
 from epikit.training.cross_validation import CrossValidation, cross_validate
 from epikit.training.fit import TrainedModel
-from epikit.training.options import TrainingOptions
+from epikit.options import TrainingOptions, TrainOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -147,12 +147,12 @@ def _write_predictions(
 
 def train_run(
     run_dir: str | Path,
-    classifier: str = "resnet10",
+    classifier: str = TrainOptions.classifier,
     params: dict[str, Any] | None = None,
     *,
-    views: Sequence[str] | str | None = None,
-    split: str = "group",
-    folds: int = 5,
+    views: Sequence[str] | str | None = TrainOptions.views,
+    split: str = TrainOptions.split,
+    folds: int = TrainOptions.folds,
     device: torch.device | str | None = None,
     recipe: str = "default",
     **training: Any,

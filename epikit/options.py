@@ -1,4 +1,11 @@
-"""How one network is trained: :class:`TrainingOptions` (the default and the study's recipe)."""
+"""The options of every stage, each default defined once.
+
+One typed dataclass per stage. :data:`epikit.config.DEFAULTS` (and so ``config.toml``) is
+generated from them, the library's stage functions and the CLI commands take their defaults
+from them, and ``tests/test_options.py`` checks that nothing else restates a default.
+:class:`TrainingOptions` is the training loop's own recipe (every classifier shares it);
+:class:`TrainOptions` is what the train stage adds around it.
+"""
 
 from __future__ import annotations
 
@@ -87,3 +94,94 @@ class TrainingOptions:
         if recipe not in RECIPES:
             raise ConfigError(f"recipe={recipe!r} is not one of: {', '.join(RECIPES)}")
         return cls.study(**values) if recipe == "study" else cls(**values)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The simulated input of a demo run (``epikit run`` without an input folder)."""
+
+    fields: int = 10
+    size: int = 256
+    min_nuclei: int = 10
+    max_nuclei: int = 18
+    effect: str = "periphery"
+    effect_channel: str = "H3K27ac"
+    effect_size: float = 0.5
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """The segment stage: which segmenter, and the channel it segments."""
+
+    segmenter: str = "maskrcnn"
+    nuclear_channel: int = 0
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`)."""
+
+    crop_size: int = 64
+    keep_context: bool = False
+    scale: str = "fit"
+    align: str = "none"
+    normalise: str = "image"
+    min_area: int = 30
+    max_area: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The train stage: classifier, split and views; epochs, batch size and rate from :class:`TrainingOptions`."""
+
+    classifier: str = "resnet10"
+    folds: int = 5
+    split: str = "group"
+    epochs: int = TrainingOptions.epochs
+    batch_size: int = TrainingOptions.batch_size
+    lr: float = TrainingOptions.lr
+    views: tuple[str, ...] = ("all",)
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """The explain stage: which explainer, which cells (at most ``max_cells`` per condition), which class."""
+
+    explainer: str = "scorecam"
+    cells: str = "correct"
+    max_cells: int = 60
+    target: str = "predicted"
+
+
+@dataclass(frozen=True)
+class BiomarkerOptions:
+    """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes."""
+
+    reference: str = ""
+    trust: bool = True
+    trust_cells: int = 24
+    control_epochs: int = 6
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The report stage."""
+
+    enabled: bool = True
+
+
+#: The options of each stage, in the order the stages run (plus the demo input).
+STAGE_OPTIONS: dict[str, type] = {
+    "segment": SegmentOptions,
+    "extract": ExtractOptions,
+    "train": TrainOptions,
+    "explain": ExplainOptions,
+    "biomarkers": BiomarkerOptions,
+    "report": ReportOptions,
+}
+
+
+def option_values(options: Any) -> dict[str, Any]:
+    """An options dataclass as a plain dict (tuples as lists, as TOML and JSON hold them)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(options).items()}
