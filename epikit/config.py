@@ -6,6 +6,8 @@ options; any other key given for a stage goes to its plugin (for ``train``, keys
 the segmenter as ``min_area=30``), so every option of every stage and plugin is reachable
 from the command line and from ``config.toml``. The resolved configuration is written into
 the run folder, and ``epikit run --config RUN/config.toml`` reproduces the run.
+:data:`DEFAULTS` is generated from the stage options of :mod:`epikit.options`, the one place
+each default is defined.
 """
 
 from __future__ import annotations

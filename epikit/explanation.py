@@ -25,6 +25,7 @@ import pandas as pd
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.analysis.fold_maps import merge_info
 from epikit.errors import ConfigError, DataError
+from epikit.interfaces import optional_attribute
 from epikit.options import ExplainOptions
 from epikit.runfolder import layout
 from epikit.runfolder.maps import ViewMaps, write_maps
@@ -170,7 +171,7 @@ def explain_chunk(task: ChunkTask, run_dir: Path, explainer: Any, device: Any, s
     result = method.explain(models[task.fold], crops, torch.as_tensor(task.targets, dtype=torch.long))
     with atomic_path(scratch / f"{task.name}.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, result.detach().cpu().numpy().astype(np.float32))
-    return dict(getattr(method, "info", None) or {})
+    return dict(optional_attribute(method, "explainer", "info", {}))
 
 
 def _chunk_tasks(view: str, rows: np.ndarray, folds: np.ndarray, targets: np.ndarray,
@@ -297,11 +298,11 @@ def explain_run(
             "view": view,
             "views": list(wanted),
             "explainer": explainer,
-            "layer": run_info.get("layer") or getattr(method, "layer", None),
+            "layer": run_info.get("layer") or optional_attribute(method, "explainer", "layer"),
             "target": target,
             "classes": list(info["classes"]),
             "channel_names": list(info["channels"]),
-            "params": getattr(method, "params", params),
+            "params": optional_attribute(method, "explainer", "params", params),
             "cells": cells,
             "max_cells": max_cells,
             "seed": seed,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from epikit.config import PLUGIN_STAGES, STAGES, dump_config, section_hash
 from epikit.errors import ConfigError
+from epikit.interfaces import optional_attribute
 from epikit.io import find_images, read_json, sha256_file, write_json
 from epikit.io.discover import ImageRecord, SkippedFile
 from epikit.io.store import atomic_path
@@ -67,7 +68,7 @@ def _stage_segment(ctx: RunContext) -> dict[str, Any]:
                            progress=ctx.progress, executor=ctx.executor)
     write_csv(table, ctx.run_dir / layout.SEGMENTATION_TABLE)
     summary = summarise_counts(table)
-    weights = getattr(segmenter, "weights_info", None)
+    weights = optional_attribute(segmenter, "segmenter", "weights_info")
     if weights:
         summary["weights"] = weights
     update_metrics(ctx.run_dir, "segmentation", summary)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from epikit.errors import DataError
+from epikit.interfaces import optional_attribute
 
 
 def explain_cells(
@@ -41,7 +42,7 @@ def explain_cells(
             if maps is None:
                 maps = np.empty((n, *result.shape[1:]), dtype=np.float32)
             maps[part] = result.detach().cpu().numpy()
-            merge_info(info, getattr(explainer, "info", None) or {})
+            merge_info(info, optional_attribute(explainer, "explainer", "info", {}))
             if progress is not None:
                 progress.update(len(part))
     assert maps is not None

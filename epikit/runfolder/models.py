@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epikit.errors import ModelError
+from epikit.interfaces import INITIAL_WEIGHTS_PARAMETER
 from epikit.io.store import read_json
 from epikit.runfolder.layout import MODEL, TRAINING_INFO
 
@@ -43,7 +44,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}") from error
-    params = {k: v for k, v in checkpoint["params"].items() if k != "pretrained"}
+    params = {k: v for k, v in checkpoint["params"].items() if k != INITIAL_WEIGHTS_PARAMETER}
     model = get_classifier(checkpoint["classifier"], checkpoint["in_channels"],
                            checkpoint["num_classes"], checkpoint["crop_size"], **params)
     model.load_state_dict(checkpoint["state_dict"])

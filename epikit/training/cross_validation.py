@@ -19,6 +19,7 @@ import numpy as np
 from epikit.classification_metrics import classification_scores, fold_spread, image_level_scores
 from epikit.device import available_memory
 from epikit.errors import DataError
+from epikit.interfaces import INITIAL_WEIGHTS_PARAMETER
 from epikit.splits import assign_folds, confounded_columns, validation_split
 from epikit.training.fit import TrainedModel, predict_proba, train_classifier
 from epikit.training.fold_store import FoldStore
@@ -125,7 +126,7 @@ def cross_validate(
     n, in_channels, crop_size = len(labels), data.shape[1], data.shape[-1]
     store = None
     if resume_dir is not None:
-        weights_free = {k: v for k, v in params.items() if k != "pretrained"}  # the state dict has them
+        weights_free = {k: v for k, v in params.items() if k != INITIAL_WEIGHTS_PARAMETER}  # the state dict has them
         store = FoldStore(
             Path(resume_dir), FoldStore.fingerprint(crops, labels, groups, classifier, params, split, folds, options),
             lambda: get_classifier(classifier, in_channels, len(classes), crop_size, **weights_free), device,
