@@ -193,11 +193,11 @@ def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
 
     Folders of other settings are removed: their maps can never be reused.
     """
-    import hashlib
-    import json
     import shutil
 
-    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from epikit.config import section_hash
+
+    key = section_hash(fingerprint)
     base = (run_dir / layout.EXPLAIN_SCRATCH).absolute()
     if base.is_dir():
         for old in base.iterdir():

@@ -274,6 +274,8 @@ def test_report_from_real_stages(real_run):
     for figure in ("overlay", "counts", "crops", "training-curves", "roc", "confusion", "gallery",
                    "average-maps", "shells-image", "shells-map"):
         assert f"figures/{figure}-" in names, figure
+    overlays = [src for src in page.images if "/overlay-" in src]
+    assert overlays and all(src.startswith("figures/overlay-masks-") for src in overlays)  # no absolute path
     for section in ("Counts per image", "Example crops", "Classification", "Training curves",
                     "ROC curve", "Explanation maps", "Aligned average maps", "Shell profiles",
                     "Biomarker table"):

@@ -98,6 +98,7 @@ def _overlays(report: ReportContext, frame: Any) -> list[Markup]:
                 continue
             labels = read_labels(mask)
             title = f"{condition}: {mask.stem} ({int(len(np.unique(labels)) - (labels == 0).any())} nuclei)"
-            src = report.figures.save(fig.segmentation_overlay(channel, labels, title), "overlay", path)
+            src = report.figures.save(fig.segmentation_overlay(channel, labels, title), "overlay",
+                                      mask.relative_to(run.path).as_posix())  # no absolute path in names
             shown.append(image(src, f"segmentation of {path}", title))
     return shown or [note("No sample fields to show.")]
