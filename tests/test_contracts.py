@@ -51,3 +51,9 @@ def test_every_hook_is_documented_with_an_example() -> None:
     for hook in hooks:
         doc = inspect.getdoc(hook) or ""
         assert "register(" in doc and "@epikit.hookimpl" in doc, f"{hook.__name__} needs an example"
+
+
+def test_the_shipped_segmenter_check_accepts_a_builtin(epikit_tiny_field) -> None:
+    from epikit.testing import check_segmenter
+
+    assert check_segmenter(epikit.get_segmenter("watershed"), epikit_tiny_field) > 0
