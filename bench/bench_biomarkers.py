@@ -24,12 +24,12 @@ from pathlib import Path
 
 def run_effect(effect: str, root: Path, args: argparse.Namespace) -> dict:
     """Simulate -> extract -> train -> explain -> biomarkers for one planted effect."""
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
     from epikit.explanation import explain_run
     from epikit.extraction import extract_cells
     from epikit.io import discover_images, read_json
     from epikit.simulate import simulate_dataset
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     shutil.rmtree(root, ignore_errors=True)
     seconds = {}

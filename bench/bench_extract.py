@@ -7,7 +7,7 @@ once as a baseline and the growth during extraction is visible. Memory should no
 the number of cells: one image and one chunk of crops are held at a time.
 
 Also compares the two resize strategies for one field's nuclei: the batched
-``torch.nn.functional.grid_sample`` used by :func:`epikit.cells.crop_nuclei` against a
+``torch.nn.functional.grid_sample`` used by :func:`epikit.nuclei.crops.crop_nuclei` against a
 per-nucleus scikit-image loop (pad to square, ``skimage.transform.resize`` with
 anti-aliasing).
 
@@ -117,7 +117,7 @@ def compare_resize(data: Path, crop_size: int, repeats: int = 3) -> dict:
     import torch
     from skimage.transform import resize
 
-    from epikit.cells import CropSettings, crop_nuclei, find_nuclei, intensity_range
+    from epikit.nuclei.crops import CropSettings, crop_nuclei, find_nuclei, intensity_range
     from epikit.io import discover_images, mask_path, read_image, read_labels
 
     record = discover_images(data / "images")[0]

@@ -45,12 +45,13 @@ import torch.nn.functional as F
 
 def build_model_and_crops(size: int, cells: int, epochs: int, root: Path, seed: int = 0):
     """Simulate nuclei, extract S x S crops, train resnet10 briefly; return (model, crops, targets)."""
-    from epikit.dataset import CellDataset
+    from epikit.runfolder.cells import CellDataset
     from epikit.extraction import extract_cells
     from epikit.io import discover_images
     from epikit.registry import get_classifier
     from epikit.simulate import simulate_dataset
-    from epikit.training import TrainingOptions, train_classifier
+    from epikit.training.fit import train_classifier
+    from epikit.options import TrainingOptions
 
     simulate_dataset(root / "input", n_fields=4, size=256, seed=seed)
     run = root / "run"

@@ -3,7 +3,7 @@
     python bench/bench_train.py speed --sizes 64 96 128            # cells/s of the fit loop
     python bench/bench_train.py accept --fields 20 --out /tmp/acc   # simulate, extract, 5-fold CV
 
-``speed`` times :func:`epikit.training.train_classifier` itself (batched indexing,
+``speed`` times :func:`epikit.training.fit.train_classifier` itself (batched indexing,
 augmentation, AdamW, precise BatchNorm, validation) on random crops, after one warm-up
 epoch. ``accept`` simulates fields with the default planted effect (``epikit.simulate``),
 extracts crops with the ground-truth masks, and runs grouped 5-fold cross-validation of
@@ -30,7 +30,8 @@ def speed(sizes: list[int], cells: int, epochs: int, batch_size: int, channels: 
     import torch
 
     from epikit.registry import get_classifier
-    from epikit.training import TrainingOptions, train_classifier
+    from epikit.training.fit import train_classifier
+    from epikit.options import TrainingOptions
 
     rows = []
     for size in sizes:
@@ -63,7 +64,7 @@ def accept(out: Path, fields: int, field_size: int, seed: int, folds: int) -> di
     from epikit.extraction import extract_cells
     from epikit.io import discover_images
     from epikit.simulate import simulate_dataset
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()

@@ -41,7 +41,7 @@ __all__ = [
 
 # Heavy public names, imported on first access so `import epikit` stays light.
 _LAZY: dict[str, str] = {
-    "CellDataset": "epikit.dataset:CellDataset",
+    "CellDataset": "epikit.runfolder.cells:CellDataset",
     "run_pipeline": "epikit.pipeline:run_pipeline",
     "simulate_dataset": "epikit.simulate:simulate_dataset",
 }

@@ -21,7 +21,9 @@ import pandas as pd
 from epikit.config import merge_config
 from epikit.errors import ConfigError
 from epikit.io import read_json, write_csv
-from epikit.pipeline import STATE_FILE, run_pipeline
+from epikit.pipeline import run_pipeline
+from epikit.runfolder import layout
+from epikit.runfolder.metrics import read_metrics
 
 COMPARISON_FILE = "comparison.csv"
 
@@ -42,7 +44,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 def _seeded_from(source: Path, target: Path) -> None:
     """Start ``target`` from the finished stages of ``source`` unless it already has state."""
-    if not (target / STATE_FILE).exists():
+    if not (target / layout.STAGES_FILE).exists():
         _link_tree(source, target)
 
 
@@ -54,10 +56,10 @@ def _segmentation_ap(run_dir: Path, ground_truth: Path | None) -> dict[str, Any]
     """AP of the run's masks against ``ground_truth`` (or the demo's own ground truth)."""
     from epikit.analysis.segmentation_metrics import evaluate_folders
 
-    truth = ground_truth or (run_dir / "demo_input" / "masks")
+    truth = ground_truth or (run_dir / layout.DEMO_INPUT / layout.MASKS)
     if not truth.is_dir():
         return {}
-    _, overall = evaluate_folders(run_dir / "masks", truth)
+    _, overall = evaluate_folders(run_dir / layout.MASKS, truth)
     return {"seg_ap50": overall.get("ap_50"), "seg_mean_ap": overall.get("mean_ap")}
 
 
@@ -74,8 +76,8 @@ def _finding_key(finding: dict[str, Any]) -> str:
 
 
 def _row(run_dir: Path, names: dict[str, str], ground_truth: Path | None) -> dict[str, Any]:
-    metrics = read_json(run_dir / "metrics.json", default={})
-    manifest = read_json(run_dir / "manifest.json", default={})
+    metrics = read_metrics(run_dir)
+    manifest = read_json(run_dir / layout.MANIFEST, default={})
     classification = metrics.get("classification", {})
     segmentation = metrics.get("segmentation", {})
     faithfulness = (metrics.get("trust", {}).get("faithfulness", {})

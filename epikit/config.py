@@ -2,10 +2,12 @@
 
 A configuration is a nested dict with one table per stage. Keys a stage knows are its
 options; any other key given for a stage goes to its plugin (for ``train``, keys naming a
-:class:`epikit.training.TrainingOptions` field, such as ``patience``, go to the training loop) (``segment.min_area=30`` reaches
+:class:`epikit.options.TrainingOptions` field, such as ``patience``, go to the training loop) (``segment.min_area=30`` reaches
 the segmenter as ``min_area=30``), so every option of every stage and plugin is reachable
 from the command line and from ``config.toml``. The resolved configuration is written into
 the run folder, and ``epikit run --config RUN/config.toml`` reproduces the run.
+:data:`DEFAULTS` is generated from the stage options of :mod:`epikit.options`, the one place
+each default is defined.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from epikit.errors import ConfigError
+from epikit.options import STAGE_OPTIONS, DemoOptions, option_values
 
 try:  # Python >= 3.11
     import tomllib
@@ -27,54 +30,23 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 #: Where a stage's plugin parameters live inside its table.
 PARAMS_KEY = "params"
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "input": "",
-    "channels": [],
-    "skip_bad": False,
-    "demo": {
-        "fields": 10,
-        "size": 256,
-        "min_nuclei": 10,
-        "max_nuclei": 18,
-        "effect": "periphery",
-        "effect_channel": "H3K27ac",
-        "effect_size": 0.5,
-    },
-    "segment": {"segmenter": "maskrcnn", "nuclear_channel": 0, PARAMS_KEY: {}},
-    "extract": {
-        "crop_size": 64,
-        "keep_context": False,
-        "scale": "fit",
-        "align": "none",
-        "normalise": "image",
-        "min_area": 30,
-        "max_area": 0,
-    },
-    "train": {
-        "classifier": "resnet10",
-        "folds": 5,
-        "split": "group",
-        "epochs": 16,  # epochs, batch_size and lr: the training loop's own defaults (TrainingOptions)
-        "batch_size": 16,
-        "lr": 1e-3,
-        "views": ["all"],
-        PARAMS_KEY: {},
-    },
-    "explain": {
-        "explainer": "scorecam",
-        "cells": "correct",
-        "max_cells": 60,
-        "target": "predicted",
-        PARAMS_KEY: {},
-    },
-    "biomarkers": {"reference": "", "trust": True, "trust_cells": 24, "control_epochs": 6},
-    "report": {"enabled": True},
-}
+
+def _defaults() -> dict[str, Any]:
+    """The default configuration, generated from the options dataclasses of :mod:`epikit.options`."""
+    config: dict[str, Any] = {"seed": 0, "input": "", "channels": [], "skip_bad": False,
+                              "demo": option_values(DemoOptions())}
+    for stage, options in STAGE_OPTIONS.items():
+        config[stage] = option_values(options())
+        if stage in PLUGIN_STAGES:
+            config[stage][PARAMS_KEY] = {}
+    return config
+
 
 #: Stages in the order they run; each stage's table is a key of :data:`DEFAULTS`.
-STAGES: tuple[str, ...] = ("segment", "extract", "train", "explain", "biomarkers", "report")
+STAGES: tuple[str, ...] = tuple(STAGE_OPTIONS)
 PLUGIN_STAGES: dict[str, str] = {"segment": "segmenter", "train": "classifier", "explain": "explainer"}
+#: The default configuration: one table per stage (see :mod:`epikit.options`).
+DEFAULTS: dict[str, Any] = _defaults()
 
 
 def default_config() -> dict[str, Any]:

@@ -6,22 +6,9 @@ memorised about its own training cells. By default only correctly classified cel
 explained (as in the study); ``cells="misclassified"`` or ``"all"`` change that, and
 ``max_cells`` caps the number per condition (a seeded random subset).
 
-Output ``maps.zarr`` (written atomically)::
-
-    maps.zarr/
-      maps         (M, S, S) float16 in [0, 1], row i explains cell_ids[i]
-      crop_index   (M,) int64   row of the cell in crops.zarr / cells.parquet crop_index
-      fold         (M,) int64   the fold model that produced the map
-      target       (M,) int64   explained class index (into attrs["classes"])
-      average/<condition>/  map (S, S), channels (C, S, S), coverage (S, S): aligned means
-      <view>/...   the same for every further trained view (several views only)
-
-    attrs: view, views, explainer, layer, target (mode), classes, channel_names, params,
-           cells, max_cells, seed, cell_ids, info (explainer run details), provenance
-
-The first (primary) view sits at the root so ``maps.zarr`` has the run-folder contract's
-``maps`` array; further views are sub-groups named after the view. Cells are explained in
-chunks per fold model (resumable, optionally on Dask workers), with a progress bar.
+Output: ``maps.zarr`` (format: :mod:`epikit.runfolder.maps`), one group per trained view.
+Cells are explained in chunks per fold model (resumable, optionally on Dask workers), with a
+progress bar.
 """
 
 from __future__ import annotations
@@ -36,16 +23,17 @@ import numpy as np
 import pandas as pd
 
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
+from epikit.analysis.fold_maps import merge_info
 from epikit.errors import ConfigError, DataError
+from epikit.interfaces import optional_attribute
+from epikit.options import ExplainOptions
+from epikit.runfolder import layout
+from epikit.runfolder.maps import ViewMaps, write_maps
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.distributed import Executor
 
 CELL_SELECTIONS: tuple[str, ...] = ("correct", "misclassified", "all")
-MAPS_NAME = "maps.zarr"
-#: Finished chunks of an unfinished explain run, relative to the run folder.
-SCRATCH = Path(".epikit") / "explain"
-AVERAGE_GROUP = "average"
 
 
 def column_prefix(view: str, primary_view: str) -> str:
@@ -118,77 +106,16 @@ def target_indices(table: pd.DataFrame, rows: np.ndarray, target: str, classes: 
     return np.full(len(rows), classes.index(target), dtype=np.int64)
 
 
-@dataclass
-class ViewMaps:
-    """Maps of one view, in memory, before they are written."""
-
-    view: str
-    maps: np.ndarray
-    rows: np.ndarray
-    crop_index: np.ndarray
-    fold: np.ndarray
-    target: np.ndarray
-    attrs: dict[str, Any]
-
-
-def explain_cells(
-    models: dict[int, Any],
-    crops: Any,
-    folds: np.ndarray,
-    targets: np.ndarray,
-    explainer: Any,
-    chunk: int = 64,
-    progress: Any = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Maps (N, S, S) float32 for ``crops`` (N, C, S, S), each by its fold's model.
-
-    ``models`` maps fold -> model; ``crops`` is an array or a callable ``crops(positions)``
-    returning those crops (so large selections are read a chunk at a time). Returns the maps
-    and the explainer's ``info``: ``*_maps`` counts summed over chunks, other entries kept.
-    """
-    import torch
-
-    n = len(folds)
-    read = crops if callable(crops) else (lambda positions: np.asarray(crops)[positions])
-    maps: np.ndarray | None = None
-    info: dict[str, Any] = {}
-    for fold in sorted(set(int(f) for f in folds)):
-        if fold not in models:
-            raise DataError(f"no model for fold {fold}: model/ and cells.parquet disagree; re-run training")
-        positions = np.flatnonzero(folds == fold)
-        for start in range(0, len(positions), chunk):
-            part = positions[start : start + chunk]
-            batch = torch.as_tensor(np.asarray(read(part), dtype=np.float32))
-            result = explainer.explain(models[fold], batch, torch.as_tensor(targets[part]))
-            if maps is None:
-                maps = np.empty((n, *result.shape[1:]), dtype=np.float32)
-            maps[part] = result.detach().cpu().numpy()
-            _merge_info(info, getattr(explainer, "info", None) or {})
-            if progress is not None:
-                progress.update(len(part))
-    assert maps is not None
-    return maps, info
-
-
-def _merge_info(info: dict[str, Any], chunk_info: dict[str, Any]) -> None:
-    """Fold one chunk's explainer ``info`` into ``info``: ``*_maps`` counts add up, the rest is kept."""
-    for key, value in chunk_info.items():
-        if key.endswith("_maps"):
-            info[key] = info.get(key, 0) + int(value)
-        else:
-            info[key] = value
-
-
 def _stamp(run_dir: Path) -> tuple[Any, ...]:
     """What identifies a run folder's models and crops: file names, sizes and times."""
-    files = sorted((run_dir / "model").rglob("*.pt")) + [run_dir / "cells.parquet", run_dir / "crops.zarr"]
+    files = sorted((run_dir / layout.MODEL).rglob("*.pt")) + [run_dir / layout.CELLS, run_dir / layout.CROPS]
     return tuple((str(p.relative_to(run_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists())
 
 
 @process_cache
 def _worker_models(run_dir: Path, view: str, device: Any, stamp: tuple[Any, ...]) -> dict[int, Any]:
     """Fold models of a view, loaded once per worker process (``stamp`` renews them after retraining)."""
-    from epikit.training import load_fold_models
+    from epikit.runfolder.models import load_fold_models
 
     return load_fold_models(run_dir, view=view, device=device)
 
@@ -196,7 +123,7 @@ def _worker_models(run_dir: Path, view: str, device: Any, stamp: tuple[Any, ...]
 @process_cache
 def _worker_dataset(run_dir: Path, channels: tuple[str, ...], stamp: tuple[Any, ...]) -> Any:
     """A view's crop reader, opened once per worker process."""
-    from epikit.dataset import CellDataset
+    from epikit.runfolder.cells import CellDataset
 
     return CellDataset(run_dir, channels=list(channels))
 
@@ -236,15 +163,15 @@ def explain_chunk(task: ChunkTask, run_dir: Path, explainer: Any, device: Any, s
 
     models = _worker_models(run_dir, task.view, device, stamp)
     if task.fold not in models:
-        raise DataError(f"{run_dir / 'model'} has no model for fold {task.fold} of view {task.view!r}, "
-                        f"which {run_dir / 'cells.parquet'} names; re-run training")
+        raise DataError(f"{run_dir / layout.MODEL} has no model for fold {task.fold} of view {task.view!r}, "
+                        f"which {run_dir / layout.CELLS} names; re-run training")
     method = resolve_plugin(explainer)
     crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, task.channels, stamp).load_crops(
         np.asarray(task.rows, dtype=np.int64)), dtype=np.float32))
     result = method.explain(models[task.fold], crops, torch.as_tensor(task.targets, dtype=torch.long))
     with atomic_path(scratch / f"{task.name}.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, result.detach().cpu().numpy().astype(np.float32))
-    return dict(getattr(method, "info", None) or {})
+    return dict(optional_attribute(method, "explainer", "info", {}))
 
 
 def _chunk_tasks(view: str, rows: np.ndarray, folds: np.ndarray, targets: np.ndarray,
@@ -266,12 +193,12 @@ def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
 
     Folders of other settings are removed: their maps can never be reused.
     """
-    import hashlib
-    import json
     import shutil
 
-    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    base = (run_dir / SCRATCH).absolute()
+    from epikit.config import section_hash
+
+    key = section_hash(fingerprint)
+    base = (run_dir / layout.EXPLAIN_SCRATCH).absolute()
     if base.is_dir():
         for old in base.iterdir():
             if old.name != key:
@@ -282,12 +209,12 @@ def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
 
 def explain_run(
     run_dir: str | Path,
-    explainer: str = "scorecam",
+    explainer: str = ExplainOptions.explainer,
     params: dict[str, Any] | None = None,
     *,
-    cells: str = "correct",
-    max_cells: int | None = None,
-    target: str = "predicted",
+    cells: str = ExplainOptions.cells,
+    max_cells: int | None = ExplainOptions.max_cells,
+    target: str = ExplainOptions.target,
     views: Sequence[str] | str | None = None,
     seed: int = 0,
     chunk: int = 64,
@@ -313,11 +240,11 @@ def explain_run(
     """
     import shutil
 
-    from epikit.dataset import CellDataset
     from epikit.distributed import InProcessExecutor
-    from epikit.io.store import update_metrics
     from epikit.registry import get_entry, get_explainer
-    from epikit.training import models_sha256, trained_views
+    from epikit.runfolder.cells import CellDataset
+    from epikit.runfolder.metrics import update_metrics
+    from epikit.runfolder.models import models_sha256, trained_views
 
     run_dir = Path(run_dir).absolute()
     params = dict(params or {})
@@ -352,7 +279,7 @@ def explain_run(
             explain_chunk, todo, shared=(run_dir, spec, device, stamp, scratch),
             label=lambda t: f"{run_dir} view {t.view} fold {t.fold} chunk {t.number}",
         ):
-            _merge_info(infos[task.view], info)
+            merge_info(infos[task.view], info)
             if bar is not None:
                 bar.update(len(task.rows))
     finally:
@@ -371,11 +298,11 @@ def explain_run(
             "view": view,
             "views": list(wanted),
             "explainer": explainer,
-            "layer": run_info.get("layer") or getattr(method, "layer", None),
+            "layer": run_info.get("layer") or optional_attribute(method, "explainer", "layer"),
             "target": target,
             "classes": list(info["classes"]),
             "channel_names": list(info["channels"]),
-            "params": getattr(method, "params", params),
+            "params": optional_attribute(method, "explainer", "params", params),
             "cells": cells,
             "max_cells": max_cells,
             "seed": seed,
@@ -388,7 +315,7 @@ def explain_run(
                                 folds, targets, attrs))
     averages = {r.view: _averages(CellDataset(run_dir, channels=r.attrs["channel_names"]), r)
                 for r in results} if average else {}
-    write_maps(run_dir / MAPS_NAME, results, averages)
+    write_maps(run_dir / layout.MAPS, results, averages)
     shutil.rmtree(scratch, ignore_errors=True)
     explained = sum(len(t.rows) for t in todo)
     summary = {
@@ -440,7 +367,8 @@ def _progress(total: int, description: str, enabled: bool) -> Any:
 
 def _averages(dataset: Any, result: ViewMaps, block_size: int = 512) -> dict[str, dict[str, Any]]:
     """Aligned average map and channels per condition for one view's maps (``dataset``: that view's channels)."""
-    from epikit.analysis.averaging import AlignedAverage
+    from epikit.nuclei.averaging import AlignedAverage
+    from epikit.runfolder.crops import read_masks
 
     aligned = dataset.attrs.get("align") == "major-axis" and dataset.attrs.get("scale_mode") == "fit"
     conditions = dataset.table["condition"].astype(str).to_numpy()[result.rows]
@@ -456,117 +384,3 @@ def _averages(dataset: Any, result: ViewMaps, block_size: int = 512) -> dict[str
         out[condition] = {"map": mean[0], "channels": mean[1:], "coverage": coverage,
                           "n_cells": len(members)}
     return out
-
-
-def read_masks(crops_path: Path, crop_index: np.ndarray) -> np.ndarray:
-    """Nucleus masks (N, S, S) bool of crops.zarr rows ``crop_index`` (in that order)."""
-    import zarr
-
-    group = zarr.open_group(str(crops_path), mode="r")
-    if "masks" not in dict(group.arrays()):
-        raise DataError(f"{crops_path} has no 'masks' array; re-run extraction")
-    masks = group["masks"]
-    index = np.asarray(crop_index, dtype=np.int64)
-    if index.size == 0:
-        return np.zeros((0, *masks.shape[1:]), dtype=bool)
-    order = np.argsort(index)
-    data = np.asarray(masks.get_orthogonal_selection((index[order],)))
-    out = np.empty_like(data)
-    out[order] = data
-    return out > 0
-
-
-def _array(path: Path, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> None:
-    import zarr
-
-    array = zarr.open_array(store=str(path), mode="w", shape=data.shape,
-                            chunks=chunks or data.shape, dtype=data.dtype)
-    array[...] = data
-
-
-def _write_group(path: Path, result: ViewMaps, averages: dict[str, dict[str, Any]]) -> None:
-    import zarr
-
-    group = zarr.open_group(str(path), mode="a")
-    size = result.maps.shape[-1]
-    _array(path / "maps", result.maps.astype(np.float16), (min(len(result.maps), 32), size, size))
-    for name in ("crop_index", "fold", "target"):
-        _array(path / name, np.asarray(getattr(result, name), dtype=np.int64))
-    group.attrs.update(result.attrs)
-    if averages:
-        zarr.open_group(str(path / AVERAGE_GROUP), mode="a").attrs.update(
-            {"description": "aligned mean per condition (major axis horizontal, nucleus fills the square)"})
-    for condition, parts in averages.items():
-        target = path / AVERAGE_GROUP / condition
-        zarr.open_group(str(target), mode="a").attrs.update(
-            {"n_cells": parts["n_cells"], "channel_names": result.attrs["channel_names"]})
-        for name in ("map", "channels", "coverage"):
-            _array(target / name, np.asarray(parts[name], dtype=np.float32))
-
-
-def write_maps(path: Path, results: Sequence[ViewMaps], averages: dict[str, dict[str, dict[str, Any]]]) -> Path:
-    """Write ``maps.zarr`` atomically: the first view at the root, further views as sub-groups."""
-    import zarr
-
-    from epikit.io.store import atomic_path
-
-    with atomic_path(path) as tmp:
-        zarr.open_group(str(tmp), mode="w")
-        for number, result in enumerate(results):
-            target = tmp if number == 0 else tmp / result.view
-            _write_group(target, result, averages.get(result.view, {}))
-    return path
-
-
-@dataclass
-class StoredMaps:
-    """One view's maps read back from ``maps.zarr``."""
-
-    view: str
-    maps: np.ndarray
-    cell_ids: list[str]
-    crop_index: np.ndarray
-    fold: np.ndarray
-    target: np.ndarray
-    attrs: dict[str, Any]
-
-
-def _check_models(run_dir: Path, attrs: dict[str, Any]) -> None:
-    """Refuse maps made by models that have since been retrained (their folds may differ now)."""
-    from epikit.training import models_sha256
-
-    made_by = attrs.get("models_sha256")
-    if made_by is not None and made_by != models_sha256(run_dir, attrs.get("view")):
-        raise DataError(
-            f"{run_dir / MAPS_NAME} was made by models that have since been retrained; "
-            f"run `epikit explain {run_dir}` again"
-        )
-
-
-def read_maps(run_dir: str | Path, view: str | None = None) -> StoredMaps:
-    """The maps of ``view`` (default: the root / primary view) from ``RUN/maps.zarr``."""
-    import zarr
-
-    from epikit.errors import InputError
-
-    path = Path(run_dir) / MAPS_NAME
-    if not path.is_dir():
-        raise InputError(f"{path}: not found; run `epikit explain {run_dir}` first")
-    root = zarr.open_group(str(path), mode="r")
-    group = root
-    if view is not None and view != root.attrs.get("view"):
-        children = dict(root.groups())
-        if view not in children:
-            raise ConfigError(f"{path} has no maps for view {view!r}; views: {', '.join(root.attrs.get('views', []))}")
-        group = children[view]
-    attrs = dict(group.attrs)
-    _check_models(Path(run_dir), attrs)
-    return StoredMaps(
-        view=str(attrs.get("view")),
-        maps=np.asarray(group["maps"][...], dtype=np.float32),
-        cell_ids=[str(c) for c in attrs["cell_ids"]],
-        crop_index=np.asarray(group["crop_index"][...]),
-        fold=np.asarray(group["fold"][...]),
-        target=np.asarray(group["target"][...]),
-        attrs=attrs,
-    )

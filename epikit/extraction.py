@@ -1,7 +1,7 @@
 """The extract stage: images + label images -> ``crops.zarr`` + ``cells.parquet``.
 
-:func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.cells`),
-measures its features on the raw image (see :mod:`epikit.features`) and writes
+:func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.nuclei.crops`),
+measures its features on the raw image (see :mod:`epikit.nuclei.features`) and writes
 
 * ``OUT/crops.zarr``: arrays ``crops (N, C, S, S)`` (float16, float32 without normalisation)
   and ``masks (N, S, S)`` uint8, a few cells per chunk; group attributes ``channel_names``,
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import shutil
 import time
@@ -42,9 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from epikit.cells import (
+from epikit.nuclei.crops import (
     SKIP_REASONS,
     CropSettings,
     crop_nuclei,
@@ -53,32 +51,23 @@ from epikit.cells import (
     intensity_range,
 )
 from epikit.errors import ConfigError, DataError, InputError
-from epikit.features import feature_names
+from epikit.nuclei.features import feature_names
 from epikit.io import (
     ImageRecord,
     atomic_path,
     mask_path,
     read_image,
-    read_json,
     read_labels,
-    update_metrics,
-    write_json,
 )
+from epikit.runfolder.crop_writer import CropWriter
+from epikit.runfolder.layout import CELLS, EXTRACT_SCRATCH
+from epikit.runfolder.metrics import update_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.distributed import Executor
 
-CROPS_NAME = "crops.zarr"
-CELLS_NAME = "cells.parquet"
-WORK_DIR = Path(".epikit") / "extract"
-#: Under WORK_DIR: per-image part folders written by workers, removed once committed.
+#: Under EXTRACT_SCRATCH: per-image part folders written by workers, removed once committed.
 PENDING_DIR = "pending"
-STATE_VERSION = 1
-#: Target size of one Zarr chunk; chunks hold 1 to :data:`MAX_CHUNK_CELLS` cells.
-CHUNK_BYTES = 512 * 1024
-MAX_CHUNK_CELLS = 16
-#: Rows per row group of ``cells.parquet``.
-ROW_GROUP_ROWS = 8192
 #: Most float32 crop bytes computed and written at once (whole chunks, at least one).
 BATCH_BYTES = 8 * 1024 * 1024
 DTYPES = ("float16", "float32")
@@ -89,18 +78,6 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x",
     "area", "orientation", "eccentricity", "crop_index", "crop_scale", "clipped",
 )
-
-
-def chunk_cells(channels: int, crop_size: int, dtype: str) -> int:
-    """Cells per Zarr chunk: about :data:`CHUNK_BYTES` per chunk, at least one cell."""
-    cell_bytes = channels * crop_size * crop_size * np.dtype(dtype).itemsize
-    return int(min(MAX_CHUNK_CELLS, max(1, CHUNK_BYTES // cell_bytes)))
-
-
-def _create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> Any:
-    """Create an array in a Zarr group with zarr 3 (``create_array``) or zarr 2 (``create_dataset``)."""
-    create = getattr(group, "create_array", None) or group.create_dataset
-    return create(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
 
 
 def _fingerprint(record: ImageRecord, masks: Path) -> list[Any]:
@@ -144,160 +121,6 @@ def _read_pair(record: ImageRecord, masks_dir: Path, n_channels: int) -> tuple[n
     if image.shape[0] != n_channels:
         raise InputError(f"{record.path}: has {image.shape[0]} channel(s), expected {n_channels}")
     return image, labels
-
-
-class _WorkState:
-    """The working store of an extraction: Zarr arrays, part tables and the progress log.
-
-    ``config.json`` holds the options; ``progress.jsonl`` one line per finished image, appended
-    and flushed to disk after the image's crops and part table are written (the commit point;
-    a torn last line is ignored); ``finalised`` marks that ``cells.parquet`` was written.
-    """
-
-    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
-        self.out_dir = out_dir
-        self.work = out_dir / WORK_DIR
-        self.config = config
-        self.images: list[dict[str, Any]] = []
-
-    @property
-    def work_store(self) -> Path:
-        return self.work / CROPS_NAME
-
-    @property
-    def final_store(self) -> Path:
-        return self.out_dir / CROPS_NAME
-
-    @property
-    def log(self) -> Path:
-        return self.work / "progress.jsonl"
-
-    @property
-    def marker(self) -> Path:
-        return self.work / "finalised"
-
-    @property
-    def n_cells(self) -> int:
-        return sum(entry["count"] for entry in self.images)
-
-    @property
-    def finalised(self) -> bool:
-        return self.marker.exists()
-
-    @property
-    def done(self) -> dict[str, dict[str, Any]]:
-        return {entry["image_id"]: entry for entry in self.images}
-
-    def _read_log(self) -> list[dict[str, Any]]:
-        """Committed entries; a line torn by a kill is cut off the log."""
-        if not self.log.exists():
-            return []
-        text = self.log.read_text(encoding="utf-8")
-        complete = text[: text.rfind("\n") + 1]
-        if len(complete) != len(text):
-            with open(self.log, "r+", encoding="utf-8") as handle:
-                handle.truncate(len(complete.encode("utf-8")))
-        return [json.loads(line) for line in complete.splitlines()]
-
-    def load(self, fingerprints: dict[str, list[Any]]) -> str | None:
-        """Pick up an earlier extraction into ``out_dir``; return why it was discarded, if it was."""
-        saved = read_json(self.work / "config.json")
-        images = self._read_log() if saved is not None else []
-        if saved is None:
-            reason = None
-        elif saved != {"version": STATE_VERSION, **self.config}:
-            reason = "settings changed"
-        elif any(fingerprints.get(e["image_id"]) != e["fingerprint"] for e in images):
-            reason = "input images or masks changed or were removed"
-        elif set(e["image_id"] for e in images) - set(fingerprints):
-            reason = "it holds images that are no longer inputs"
-        elif images and not (self.work_store.exists() or self.final_store.exists()):
-            reason = "its crops.zarr is missing"
-        else:
-            self.images = images
-            return None
-        shutil.rmtree(self.work, ignore_errors=True)
-        return reason
-
-    def open_arrays(self, n_channels: int, crop_size: int, dtype: str) -> tuple[Any, Any]:
-        """Open (or create) the working Zarr arrays, cut back to the committed cells."""
-        import zarr
-
-        if not self.work_store.exists() and self.finalised and self.final_store.exists():
-            # Extending a finished extraction: its outputs become working files again.
-            os.replace(self.final_store, self.work_store)
-            (self.out_dir / CELLS_NAME).unlink(missing_ok=True)
-        self.marker.unlink(missing_ok=True)
-        if not self.work_store.exists():
-            self.work.mkdir(parents=True, exist_ok=True)
-            write_json(self.work / "config.json", {"version": STATE_VERSION, **self.config})
-            group = zarr.open_group(str(self.work_store), mode="w")
-            k = chunk_cells(n_channels, crop_size, dtype)
-            _create_array(group, "crops", (0, n_channels, crop_size, crop_size),
-                          (k, n_channels, crop_size, crop_size), dtype)
-            _create_array(group, "masks", (0, crop_size, crop_size), (k, crop_size, crop_size), "uint8")
-        group = zarr.open_group(str(self.work_store), mode="a")
-        crops, masks = group["crops"], group["masks"]
-        n = self.n_cells
-        if crops.shape[0] != n or masks.shape[0] != n:  # drop a half-written image
-            crops.resize((n,) + tuple(crops.shape[1:]))
-            masks.resize((n,) + tuple(masks.shape[1:]))
-        return crops, masks
-
-    def commit(self, entry: dict[str, Any], part: pa.Table | None) -> None:
-        """Record one finished image: its part table first, then its log line (the commit point)."""
-        if part is not None:
-            path = self.work / "parts" / f"{len(self.images):06d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                pq.write_table(part, tmp)
-            entry["part"] = str(path.relative_to(self.work))
-        with open(self.log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.images.append(entry)
-
-    def write_table(self) -> None:
-        """Stream the part tables, in crop order, into ``cells.parquet`` (atomically).
-
-        Parts are gathered into row groups of about :data:`ROW_GROUP_ROWS` rows, so memory is
-        bounded by one row group and the file does not hold one tiny row group per image.
-        """
-        writer = None
-        pending: list[pa.Table] = []
-        try:
-            with atomic_path(self.out_dir / CELLS_NAME) as tmp:
-                for entry in self.images:
-                    if entry.get("part") is None:
-                        continue
-                    table = pq.read_table(self.work / entry["part"])
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    pending.append(table if table.schema == writer.schema else table.cast(writer.schema))
-                    if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.concat_tables(pending))
-                        pending.clear()
-                if pending:
-                    writer.write_table(pa.concat_tables(pending))
-                writer.close()
-                writer = None
-        finally:
-            if writer is not None:
-                writer.close()
-
-    def finalise(self, attrs: dict[str, Any]) -> None:
-        """Write ``cells.parquet``, then move the finished Zarr store into place."""
-        import zarr
-
-        if not self.finalised or not (self.out_dir / CELLS_NAME).exists():
-            if self.work_store.exists():
-                zarr.open_group(str(self.work_store), mode="a").attrs.update(attrs)
-            self.write_table()
-            self.marker.touch()
-        if self.work_store.exists():
-            with atomic_path(self.final_store) as tmp:
-                os.replace(self.work_store, tmp)
 
 
 @dataclass(frozen=True)
@@ -352,8 +175,8 @@ def extract_cells(
 
     ``masks_dir`` holds one label image per input (``<condition>/<stem>.tif``, see
     :func:`epikit.io.mask_path`). The crop options are those of
-    :class:`epikit.cells.CropSettings`; ``max_area`` 0 or None means no upper limit.
-    ``features`` adds the columns of :mod:`epikit.features` (``n_shells`` shells per method).
+    :class:`epikit.nuclei.crops.CropSettings`; ``max_area`` 0 or None means no upper limit.
+    ``features`` adds the columns of :mod:`epikit.nuclei.features` (``n_shells`` shells per method).
     ``dtype`` of the stored crops defaults to float16, float32 with ``normalise="none"`` (raw
     intensities above 2048 are not exact in float16). ``on_image(record, n_cells)`` is called
     after each image is committed; ``progress`` shows a progress bar on stderr.
@@ -384,13 +207,13 @@ def extract_cells(
     out_dir = Path(out_dir)
     fingerprints = {r.image_id: _fingerprint(r, _labels_file(r, job.masks_dir)) for r in records}
 
-    work = _WorkState(out_dir, job.config())
+    work = CropWriter(out_dir, job.config())
     reason = work.load(fingerprints)
     if reason:
-        warnings.warn(f"{out_dir / WORK_DIR}: earlier extraction discarded ({reason}); starting again",
+        warnings.warn(f"{out_dir / EXTRACT_SCRATCH}: earlier extraction discarded ({reason}); starting again",
                       stacklevel=2)
     todo = [r for r in records if r.image_id not in work.done]
-    if not todo and work.finalised and (out_dir / CELLS_NAME).exists():
+    if not todo and work.finalised and (out_dir / CELLS).exists():
         work.finalise(job.zarr_attrs(work.n_cells))  # completes an interrupted final move
         summary = _summary(work.images, records, job)
         summary.update({"n_images_processed": 0, "n_images_resumed": len(records)})
@@ -425,7 +248,7 @@ def extract_cells(
     return summary
 
 
-def _extract_all(todo: list[ImageRecord], job: _Job, work: _WorkState, crops_array: Any, masks_array: Any,
+def _extract_all(todo: list[ImageRecord], job: _Job, work: CropWriter, crops_array: Any, masks_array: Any,
                  fingerprints: dict[str, list[Any]], executor: Executor | None) -> Iterator[tuple[ImageRecord, int]]:
     """Extract and commit ``todo`` in input order, here or on ``executor``; yield ``(record, cells)``."""
     if executor is None or executor.in_process:
@@ -479,7 +302,7 @@ def _entry(record: ImageRecord, fingerprint: list[Any], start: int, count: int, 
             "empty": empty}
 
 
-def _extract_image(record: ImageRecord, job: _Job, work: _WorkState, crops_array: Any, masks_array: Any,
+def _extract_image(record: ImageRecord, job: _Job, work: CropWriter, crops_array: Any, masks_array: Any,
                    fingerprint: list[Any]) -> int:
     """Extract one image into the working store and commit it; return its number of cells."""
     image, labels = _read_pair(record, job.masks_dir, len(job.channel_names))
@@ -540,7 +363,7 @@ def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) 
             "empty": not bool(labels.any())}
 
 
-def _commit_part(record: ImageRecord, part: dict[str, Any], job: _Job, work: _WorkState, crops_array: Any,
+def _commit_part(record: ImageRecord, part: dict[str, Any], job: _Job, work: CropWriter, crops_array: Any,
                  masks_array: Any, fingerprint: list[Any]) -> int:
     """Copy one worker-extracted image into the working store, commit it, drop its part folder."""
     start, count = work.n_cells, part["count"]

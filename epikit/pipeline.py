@@ -22,25 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from epikit.config import PLUGIN_STAGES, STAGES, dump_config, section_hash
 from epikit.errors import ConfigError
+from epikit.interfaces import optional_attribute
 from epikit.io import find_images, read_json, sha256_file, write_json
 from epikit.io.discover import ImageRecord, SkippedFile
 from epikit.io.store import atomic_path
+from epikit.runfolder import layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.distributed import Executor
 
-STATE_FILE = Path(".epikit") / "stages.json"
-DEMO_INPUT = "demo_input"
-
-#: What each stage writes; removed when the stage is invalidated.
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "segment": ("masks", "segmentation.csv"),
-    "extract": ("crops.zarr", "cells.parquet", ".epikit/extract"),
-    "train": ("model",),
-    "explain": ("maps.zarr",),
-    "biomarkers": ("biomarkers.csv",),
-    "report": ("report.html", "figures"),
-}
+STATE_FILE = layout.STAGES_FILE
+DEMO_INPUT = layout.DEMO_INPUT
+STAGE_OUTPUTS = layout.STAGE_OUTPUTS
 
 
 @dataclass
@@ -58,12 +51,13 @@ class RunContext:
     @property
     def masks_dir(self) -> Path:
         """Where the segment stage writes label images."""
-        return self.run_dir / "masks"
+        return self.run_dir / layout.MASKS
 
 
 def _stage_segment(ctx: RunContext) -> dict[str, Any]:
     from epikit.distributed import PluginSpec
-    from epikit.io import update_metrics, write_csv
+    from epikit.io import write_csv
+    from epikit.runfolder.metrics import update_metrics
     from epikit.segmentation import segment_images, summarise_counts
 
     options = ctx.config["segment"]
@@ -72,9 +66,9 @@ def _stage_segment(ctx: RunContext) -> dict[str, Any]:
     segmenter = spec.build()
     table = segment_images(ctx.records, spec, ctx.run_dir, nuclear_channel=options["nuclear_channel"],
                            progress=ctx.progress, executor=ctx.executor)
-    write_csv(table, ctx.run_dir / "segmentation.csv")
+    write_csv(table, ctx.run_dir / layout.SEGMENTATION_TABLE)
     summary = summarise_counts(table)
-    weights = getattr(segmenter, "weights_info", None)
+    weights = optional_attribute(segmenter, "segmenter", "weights_info")
     if weights:
         summary["weights"] = weights
     update_metrics(ctx.run_dir, "segmentation", summary)
@@ -92,7 +86,8 @@ def _stage_extract(ctx: RunContext) -> dict[str, Any]:
 def _stage_train(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import fields
 
-    from epikit.training import TrainingOptions, train_run
+    from epikit.options import TrainingOptions
+    from epikit.training.stage import train_run
 
     options = dict(ctx.config["train"])
     # Plugin-stage keys land in params; those naming a training option belong to the loop.
@@ -113,13 +108,12 @@ def _stage_explain(ctx: RunContext) -> dict[str, Any]:
 
 
 def _stage_biomarkers(ctx: RunContext) -> dict[str, Any]:
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
 
     options = ctx.config["biomarkers"]
-    return biomarker_run(ctx.run_dir, reference=options["reference"] or None,
-                         trust=options["trust"], seed=ctx.config["seed"],
-                         trust_cells=options["trust_cells"],
-                         control_epochs=options["control_epochs"] or None)
+    return biomarker_run(ctx.run_dir, reference=options["reference"], trust=options["trust"],
+                         seed=ctx.config["seed"], trust_cells=options["trust_cells"],
+                         control_epochs=options["control_epochs"])
 
 
 def _stage_report(ctx: RunContext) -> dict[str, Any]:
@@ -229,7 +223,7 @@ def run_pipeline(
                                    skip_bad=bool(config["skip_bad"]))
     inputs = [{"path": str(r.path), "condition": r.condition, "group": r.group,
                "sha256": sha256_file(r.path)} for r in records]
-    (run_dir / "config.toml").write_text(dump_config(config), encoding="utf-8")
+    (run_dir / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
     ctx = RunContext(run_dir, config, records, skipped, progress, executor)
 
     # What the outputs depend on: each image's id, labels, channels and content, not where it
@@ -262,7 +256,7 @@ def run_pipeline(
             write_json(state_path, state)
         manifest["stage_seconds"][stage] = state[stage]["seconds"]
         manifest["stages"][stage] = state[stage]["summary"]
-        write_json(run_dir / "manifest.json", manifest)
+        write_json(run_dir / layout.MANIFEST, manifest)
         if stage == stop_after:
             break
     return manifest

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from epikit.errors import DataError
+from epikit.errors import ConfigError, DataError
 
 SPLITS = ("group", "holdout", "cell")
 BATCH_COLUMNS = ("plate", "date", "batch", "well", "replicate", "experiment", "day", "run")
@@ -106,3 +106,44 @@ def confounded_columns(
                 f"separate them; image every condition in every {column}"
             )
     return warnings
+
+
+def validation_split(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean mask of training cells held out for early stopping, whole groups at a time.
+
+    About ``fraction`` of the groups, at least one per class; all False when ``fraction`` is
+    0 or a class has fewer than three training groups (too few to spare one).
+    """
+    if fraction <= 0 or len(labels) == 0:
+        return np.zeros(len(labels), dtype=bool)
+    fewest = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
+    if fewest < 3:
+        return np.zeros(len(labels), dtype=bool)
+    parts = max(2, min(round(1 / fraction), fewest))
+    return grouped_folds(labels, groups, parts, seed) == 0
+
+
+def assign_folds(
+    labels: np.ndarray, groups: np.ndarray, classes: Sequence[str], split: str, folds: int,
+    seed: int,
+) -> tuple[np.ndarray, list[int]]:
+    """Test fold of every cell and the folds to evaluate, after checking the data allows them.
+
+    ``group``: grouped K-fold; ``holdout``: one grouped fold of K (1/K of the groups) is the
+    test set, the rest train (fold -1); ``cell``: stratified K-fold over cells (the study's).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of: {', '.join(SPLITS)}")
+    if folds < 2:
+        raise ConfigError(f"folds must be >= 2 (got {folds}); --split holdout --folds 5 holds out 1/5")
+    if split == "cell":
+        cells = np.arange(len(labels))
+        check_groups_per_class(labels, cells, classes, folds, what="cells")
+        return grouped_folds(labels, cells, folds, seed), list(range(folds))
+    check_groups_per_class(labels, groups, classes, folds, what="groups (images)")
+    fold = grouped_folds(labels, groups, folds, seed)
+    if split == "holdout":
+        return np.where(fold == 0, 0, -1), [0]
+    return fold, list(range(folds))

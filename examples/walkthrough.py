@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 import epikit  # noqa: E402
 from epikit.config import default_config, merge_config  # noqa: E402
-from epikit.explanation import read_maps  # noqa: E402
+from epikit.runfolder.maps import read_maps  # noqa: E402
 from epikit.pipeline import run_pipeline  # noqa: E402
 from epikit.simulate import simulate_dataset  # noqa: E402
 

@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The shipped pytest plugin (its pytest11 entry point registers it once epikit is installed;
+# listed here so a source checkout without reinstalling has it too).
+pytest_plugins = ["epikit.testing"]
+
 # Tests run on two CPU cores: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

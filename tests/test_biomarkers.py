@@ -11,19 +11,21 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from epikit.analysis.averaging import AlignedAverage, aligned_average, align_crops
+from epikit.nuclei.averaging import AlignedAverage, aligned_average, align_crops
+from epikit.biomarker_stage import biomarker_run
 from epikit.analysis.biomarkers import (
     COLUMNS,
-    biomarker_run,
     localisation,
     map_shell_shares,
     region_values,
 )
 from epikit.cli import app
 from epikit.errors import ConfigError, DataError, InputError, ModelError
-from epikit.explanation import explain_run, read_maps, select_cells
+from epikit.explanation import explain_run, select_cells
+from epikit.runfolder.layout import EXPLAIN_SCRATCH
+from epikit.runfolder.maps import read_maps
 from epikit.registry import get_explainer
-from epikit.training import load_fold_models
+from epikit.runfolder.models import load_fold_models
 from tiny_runs import build_tiny_run
 
 
@@ -49,7 +51,7 @@ def test_explain_run_writes_maps_keyed_by_out_of_fold_cells(periphery_run):
     predicted = by_id.loc[stored.cell_ids, "prediction"].map({"ctrl": 0, "vpa": 1}).to_numpy()
     np.testing.assert_array_equal(stored.target, predicted)
     # Each map comes from the fold model that did not train on the cell.
-    from epikit.dataset import CellDataset
+    from epikit.runfolder.cells import CellDataset
 
     models = load_fold_models(periphery_run)
     crops = CellDataset(periphery_run).load_crops(by_id.index.get_indexer(stored.cell_ids[:4]))
@@ -82,10 +84,10 @@ def test_interrupted_explain_run_resumes_with_the_unfinished_chunks(periphery_ru
     monkeypatch.setattr(explanation, "explain_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
-    assert len(list((run / explanation.SCRATCH).rglob("*.npy"))) == 2
+    assert len(list((run / EXPLAIN_SCRATCH).rglob("*.npy"))) == 2
     monkeypatch.setattr(explanation, "explain_chunk", real)
     summary = explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
-    assert summary["n_cells_resumed"] == 8 and not list((run / explanation.SCRATCH).rglob("*.npy"))
+    assert summary["n_cells_resumed"] == 8 and not list((run / EXPLAIN_SCRATCH).rglob("*.npy"))
     fresh = explain_run(periphery_run, "gradcam", cells="all", chunk=4, progress=False)
     assert fresh["n_cells_resumed"] == 0
     resumed, complete = read_maps(run), read_maps(periphery_run)
@@ -125,7 +127,7 @@ def test_explain_run_options_and_errors(periphery_run, tmp_path):
 
 
 def test_a_channel_subset_view_averages_its_channels_gets_no_foreign_trust_and_stale_maps_stop(tmp_path):
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     run = build_tiny_run(tmp_path, train=False)
     train_run(run, classifier="cnn", params={"width": 4, "depth": 2}, folds=2, epochs=1, batch_size=32,

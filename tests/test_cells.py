@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import ellipse
 
-from epikit.cells import CropSettings, crop_nuclei, describe_nuclei, find_nuclei, intensity_range
+from epikit.nuclei.crops import CropSettings, crop_nuclei, describe_nuclei, find_nuclei, intensity_range
 from epikit.errors import ConfigError
 
 

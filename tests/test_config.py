@@ -53,7 +53,7 @@ def test_section_hash_is_stable_and_sensitive():
 
 
 def test_run_trains_with_the_training_loops_own_defaults():
-    from epikit.training import TrainingOptions
+    from epikit.options import TrainingOptions
 
     train, options = default_config()["train"], TrainingOptions()
     assert (train["epochs"], train["batch_size"], train["lr"]) == (options.epochs, options.batch_size, options.lr)

@@ -11,9 +11,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from epikit.dataset import CellDataset
+from epikit.runfolder.cells import CellDataset
 from epikit.errors import ConfigError, InputError
-from epikit.extraction import CROPS_NAME, extract_cells
+from epikit.extraction import extract_cells
+from epikit.runfolder.layout import CROPS
 from epikit.io import discover_images
 from epikit.simulate import simulate_dataset
 
@@ -28,7 +29,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stored(run: Path) -> np.ndarray:
-    return np.asarray(zarr.open_group(str(run / CROPS_NAME), mode="r")["crops"][:]).astype(np.float32)
+    return np.asarray(zarr.open_group(str(run / CROPS), mode="r")["crops"][:]).astype(np.float32)
 
 
 def test_items_labels_and_groups(run: Path) -> None:
@@ -77,7 +78,7 @@ def test_load_crops_in_any_order(run: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for i in (0, 5, len(data) - 1):
         np.testing.assert_array_equal(everything[i], data[i][0].numpy())
     order = np.random.default_rng(0).permutation(len(data))[:9]
-    monkeypatch.setattr("epikit.dataset.READ_BLOCK_BYTES", 1)  # one chunk per request
+    monkeypatch.setattr("epikit.runfolder.cells.READ_BLOCK_BYTES", 1)  # one chunk per request
     np.testing.assert_array_equal(data.load_crops(order), everything[order])
     assert data.load_crops([]).shape == (0, 2, 24, 24)
 

@@ -183,10 +183,10 @@ def test_worker_dying_mid_extraction_still_gives_every_cell_once(client, inputs:
 
 
 def _restore_describe() -> None:
-    import epikit.cells
+    import epikit.nuclei.crops
     import epikit.extraction
 
-    epikit.extraction.describe_nuclei = epikit.cells.describe_nuclei
+    epikit.extraction.describe_nuclei = epikit.nuclei.crops.describe_nuclei
 
 
 def test_interrupted_distributed_extraction_resumes(client, inputs: Path, local_run: Path,
@@ -256,7 +256,8 @@ def test_cli_extract_on_a_scheduler(client, inputs: Path, local_run: Path, tmp_p
 def test_explain_chunks_on_workers_match_in_process(client, tmp_path: Path) -> None:
     from tiny_runs import build_tiny_run
 
-    from epikit.explanation import explain_run, read_maps
+    from epikit.explanation import explain_run
+    from epikit.runfolder.maps import read_maps
 
     run = build_tiny_run(tmp_path, n_fields=6, epochs=1)
     copy = tmp_path / "copy"

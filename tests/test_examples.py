@@ -56,3 +56,16 @@ def test_example_plugin_registers_a_working_explainer():
     assert maps.shape == (5, 16, 16)
     assert float(maps.min()) >= 0 and np.allclose(maps.flatten(1).amax(1).numpy(), 1)
     assert float(maps[:, :4, :].abs().sum()) == 0  # no saliency where the input is zero
+
+
+def test_example_plugin_passes_the_shipped_contract_tests(epikit_registry, epikit_tiny_model, epikit_tiny_crops):
+    from epikit.testing import check_explainer
+
+    plugin = _load(EXAMPLES / "epikit-example-plugin" / "epikit_example_plugin.py", "epikit_example_plugin")
+    crops, targets = epikit_tiny_crops
+    with epikit_registry(load_entry_points=False):
+        without = set(list_explainers())
+    with epikit_registry(plugin, load_entry_points=False):
+        assert set(list_explainers()) - without == {"gradient-x-input"}
+        for name in list_explainers():
+            check_explainer(get_explainer(name), epikit_tiny_model, crops, targets)

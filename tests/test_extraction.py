@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from epikit.cli import app
 from epikit.errors import DataError, InputError
-from epikit.extraction import CELLS_NAME, CROPS_NAME, WORK_DIR, _WorkState, extract_cells
+from epikit.extraction import extract_cells
+from epikit.runfolder.crop_writer import CropWriter
+from epikit.runfolder.layout import CELLS, CROPS, EXTRACT_SCRATCH
 from epikit.io import discover_images, mask_path, read_labels, write_tiff
 from epikit.simulate import simulate_dataset
 
@@ -46,8 +48,8 @@ def full_run(simulated: Path, records: list, tmp_path_factory: pytest.TempPathFa
 
 
 def _load(run: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    table = pd.read_parquet(run / CELLS_NAME)
-    group = zarr.open_group(str(run / CROPS_NAME), mode="r")
+    table = pd.read_parquet(run / CELLS)
+    group = zarr.open_group(str(run / CROPS), mode="r")
     return table, np.asarray(group["crops"][:]), np.asarray(group["masks"][:])
 
 
@@ -97,7 +99,7 @@ def test_one_crop_per_nucleus_that_does_not_touch_the_border(simulated: Path, re
     np.testing.assert_array_equal(table["crop_index"], np.arange(len(table)))
     assert not (crops * (masks[:, None] == 0)).any()  # zero outside the nucleus
 
-    attrs = dict(zarr.open_group(str(full_run / CROPS_NAME), mode="r").attrs)
+    attrs = dict(zarr.open_group(str(full_run / CROPS), mode="r").attrs)
     assert attrs["channel_names"] == ["Hoechst", "CTCF", "H3K27ac"]
     assert (attrs["crop_size"], attrs["normalisation"], attrs["scale_mode"], attrs["align"],
             attrs["dtype"]) == (32, "image", "fit", "none", "float16")
@@ -110,7 +112,7 @@ def test_one_crop_per_nucleus_that_does_not_touch_the_border(simulated: Path, re
 
 
 def test_planted_rim_effect_shows_in_h3k27ac_shells_only(full_run: Path) -> None:
-    table = pd.read_parquet(full_run / CELLS_NAME)
+    table = pd.read_parquet(full_run / CELLS)
     # Image-level means: the image (field) is the statistical unit.
     images = table.groupby(["condition", "image_id"]).mean(numeric_only=True)
     for method in ("shell", "dshell"):
@@ -128,7 +130,7 @@ def test_rerun_on_the_same_inputs_does_nothing(simulated: Path, records: list, f
                                                tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
-    before = {p: p.stat().st_mtime_ns for p in (run / CELLS_NAME, run / "metrics.json")}
+    before = {p: p.stat().st_mtime_ns for p in (run / CELLS, run / "metrics.json")}
     summary = extract_cells(records, simulated / "masks", run, **OPTIONS)
     assert summary["n_images_processed"] == 0 and summary["n_images_resumed"] == len(records)
     assert before == {p: p.stat().st_mtime_ns for p in before}
@@ -146,8 +148,8 @@ def test_interrupted_run_resumes_without_duplicates(simulated: Path, records: li
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, on_image=stop_after_two, **OPTIONS)
-    assert not (run / CELLS_NAME).exists() and not (run / CROPS_NAME).exists()
-    log = run / WORK_DIR / "progress.jsonl"
+    assert not (run / CELLS).exists() and not (run / CROPS).exists()
+    log = run / EXTRACT_SCRATCH / "progress.jsonl"
     assert len(log.read_text().splitlines()) == 2
     with open(log, "a") as handle:  # a third line torn by the kill
         handle.write('{"image_id": "vpa/fie')
@@ -159,25 +161,25 @@ def test_interrupted_run_resumes_without_duplicates(simulated: Path, records: li
 def test_half_written_image_is_never_counted(simulated: Path, records: list, full_run: Path,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kill after an image's crops were written but before its commit: the image is redone."""
-    original = _WorkState.commit
+    original = CropWriter.commit
     calls = []
 
-    def commit_then_die(self: _WorkState, entry: dict, part: object) -> None:
+    def commit_then_die(self: CropWriter, entry: dict, part: object) -> None:
         calls.append(entry["image_id"])
         if len(calls) == 3:
             raise Interrupted
         original(self, entry, part)
 
-    monkeypatch.setattr(_WorkState, "commit", commit_then_die)
+    monkeypatch.setattr(CropWriter, "commit", commit_then_die)
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, **OPTIONS)
-    work = zarr.open_group(str(run / WORK_DIR / CROPS_NAME), mode="r")
-    log = (run / WORK_DIR / "progress.jsonl").read_text().splitlines()
+    work = zarr.open_group(str(run / EXTRACT_SCRATCH / CROPS), mode="r")
+    log = (run / EXTRACT_SCRATCH / "progress.jsonl").read_text().splitlines()
     committed = sum(json.loads(line)["count"] for line in log)
     assert len(log) == 2
     assert work["crops"].shape[0] > committed  # the third image's crops are in the store
-    monkeypatch.setattr(_WorkState, "commit", original)
+    monkeypatch.setattr(CropWriter, "commit", original)
     extract_cells(records, simulated / "masks", run, **OPTIONS)
     _assert_same_cells(run, full_run)
 
@@ -247,7 +249,7 @@ def test_crop_too_small_warns_with_the_clipped_count(simulated: Path, records: l
     with pytest.warns(UserWarning, match=r"(\d+) of (\d+) nuclei are larger than the 16x16 crop") as caught:
         summary = extract_cells(records[:2], simulated / "masks", tmp_path / "run", crop_size=16,
                                 scale="native", features=False)
-    clipped = int(pd.read_parquet(tmp_path / "run" / CELLS_NAME)["clipped"].sum())
+    clipped = int(pd.read_parquet(tmp_path / "run" / CELLS)["clipped"].sum())
     assert summary["n_clipped"] == clipped > 0
     assert any(str(w.message).startswith(f"{clipped} of {summary['n_cells']} nuclei") for w in caught)
 
@@ -260,9 +262,9 @@ def test_cli_extract(simulated: Path, tmp_path: Path) -> None:
                                  "--normalise", "cell", "--no-features"])
     assert result.exit_code == 0, result.output
     assert "cells from 6 image(s)" in result.output
-    table = pd.read_parquet(out / CELLS_NAME)
+    table = pd.read_parquet(out / CELLS)
     assert "H3K27ac_mean" not in table.columns and len(table) > 0
-    attrs = dict(zarr.open_group(str(out / CROPS_NAME), mode="r").attrs)
+    attrs = dict(zarr.open_group(str(out / CROPS), mode="r").attrs)
     assert (attrs["align"], attrs["normalisation"], attrs["crop_size"]) == ("major-axis", "cell", 24)
 
     bad = runner.invoke(app, ["extract", str(simulated / "images"), "--masks", str(simulated / "masks"),

@@ -11,7 +11,7 @@ from skimage.draw import ellipse
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import regionprops
 
-from epikit.features import (
+from epikit.nuclei.features import (
     cell_features,
     feature_names,
     fitted_ellipse,

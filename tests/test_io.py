@@ -15,8 +15,8 @@ from epikit.io import (
     read_image,
     read_json,
     read_labels,
-    update_metrics,
 )
+from epikit.runfolder.metrics import update_metrics
 
 CHANNELS = ["Hoechst", "CTCF", "H3K27ac"]
 

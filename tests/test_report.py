@@ -67,8 +67,8 @@ def _write_maps(run: Path, explained: pd.DataFrame, crops: np.ndarray, masks: np
                 conditions: tuple[str, ...]) -> None:
     """maps.zarr through the explain stage's own writer: rim maps in the treated condition,
     centre maps in the reference, for two views, with aligned averages per condition."""
-    from epikit.analysis.averaging import aligned_average
-    from epikit.explanation import ViewMaps, write_maps
+    from epikit.nuclei.averaging import aligned_average
+    from epikit.runfolder.maps import ViewMaps, write_maps
 
     yy, xx = np.mgrid[:CROP, :CROP]
     radius = np.hypot(yy - 16, xx - 16) / 11
@@ -97,9 +97,10 @@ def _biomarkers_and_trust(run: Path, conditions: tuple[str, ...]) -> None:
     hand-made check results passed through the trust module's own summaries (the checks
     themselves retrain models, too slow for this fixture). The mask-edge control reproduces
     the rim difference, so rim map findings carry the edge-artefact flag."""
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
     from epikit.analysis.trust import attach_trust, summarise_curves, summarise_sanity
-    from epikit.io import read_json, update_metrics
+    from epikit.io import read_json
+    from epikit.runfolder.metrics import update_metrics
 
     biomarker_run(run, trust=False)
     steps = np.linspace(1, 0, 9)[None]
@@ -239,12 +240,12 @@ def real_run(tmp_path_factory) -> Path:
     """
     import warnings
 
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
     from epikit.explanation import explain_run
     from epikit.extraction import extract_cells
     from epikit.io import find_images
     from epikit.simulate import simulate_dataset
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     root = tmp_path_factory.mktemp("real")
     sim = simulate_dataset(root / "sim", n_fields=3, size=(128, 128), n_nuclei=(5, 7),
@@ -273,6 +274,8 @@ def test_report_from_real_stages(real_run):
     for figure in ("overlay", "counts", "crops", "training-curves", "roc", "confusion", "gallery",
                    "average-maps", "shells-image", "shells-map"):
         assert f"figures/{figure}-" in names, figure
+    overlays = [src for src in page.images if "/overlay-" in src]
+    assert overlays and all(src.startswith("figures/overlay-masks-") for src in overlays)  # no absolute path
     for section in ("Counts per image", "Example crops", "Classification", "Training curves",
                     "ROC curve", "Explanation maps", "Aligned average maps", "Shell profiles",
                     "Biomarker table"):

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.draw import ellipse, polygon
 
-from epikit.analysis.shells import SHELL_METHODS, shell_means, shell_regions, shell_shares
+from epikit.nuclei.shells import SHELL_METHODS, shell_means, shell_regions, shell_shares
 from epikit.errors import ConfigError, InputError
 
 

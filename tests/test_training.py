@@ -19,16 +19,11 @@ from epikit.classification_metrics import (
 )
 from epikit.errors import ConfigError, DataError
 from epikit.splits import check_groups_per_class, confounded_columns, grouped_folds
-from epikit.training import (
-    CELL_SPLIT_WARNING,
-    TrainingOptions,
-    assign_folds,
-    cross_validate,
-    load_fold_models,
-    resolve_views,
-    train_run,
-    validation_split,
-)
+from epikit.runfolder.models import load_fold_models
+from epikit.splits import assign_folds, validation_split
+from epikit.training.cross_validation import CELL_SPLIT_WARNING, cross_validate
+from epikit.options import TrainingOptions
+from epikit.training.stage import resolve_views, train_run
 
 FAST = {"epochs": 2, "batch_size": 16, "progress": False}
 
@@ -192,7 +187,7 @@ def test_training_is_deterministic_and_learns_a_clear_effect() -> None:
 
 
 def test_interrupted_cross_validation_resumes_at_its_first_unfinished_fold(tmp_path, monkeypatch) -> None:
-    import epikit.training as training
+    import epikit.training.cross_validation as training
 
     crops, labels, groups = field_crops(6, 4, size=16, effect=1.5, seed=2)
     options = TrainingOptions(epochs=2, seed=3, progress=False)
@@ -315,7 +310,7 @@ def test_resnet10_learns_the_planted_effect_on_simulated_data(simulated_run) -> 
     stored = json.loads((simulated_run / "metrics.json").read_text())["classification"]
     assert stored["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
 
-    from epikit.dataset import CellDataset
+    from epikit.runfolder.cells import CellDataset
 
     models = load_fold_models(simulated_run, device="cpu")
     assert sorted(models) == [0, 1, 2] and not models[0].training

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from epikit.analysis.biomarkers import biomarker_run
+from epikit.biomarker_stage import biomarker_run
 from epikit.analysis.trust import (
     attach_trust,
     channel_attribution,

@@ -12,7 +12,7 @@ from pathlib import Path
 from epikit.extraction import extract_cells
 from epikit.io import discover_images
 from epikit.simulate import simulate_dataset
-from epikit.training import train_run
+from epikit.training.stage import train_run
 
 
 def build_tiny_run(root: Path, effect: str = "periphery", n_fields: int = 6, crop_size: int = 16,

@@ -1,7 +1,7 @@
 """Biomarker discovery: shell statistics of maps and images, tested at the image level.
 
 For every explained cell the explanation map's mean in each of the concentric shells
-(:mod:`epikit.analysis.shells`, on the crop's nucleus mask) is turned into each shell's share
+(:mod:`epikit.nuclei.shells`, on the crop's nucleus mask) is turned into each shell's share
 of the summed shell means (the study's "distribution"); the same shares are taken for every
 image channel (the ``<channel>_shell_<k>_share`` features of ``cells.parquet``, measured on
 the raw image; computed on the crops when absent). Shares are independent of overall
@@ -20,17 +20,15 @@ with its trust checks), ``channel_attribution`` and ``trust``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from epikit.analysis.shells import shell_means, shell_regions, shell_shares
-from epikit.analysis.stats import bootstrap_mean_ci, choose_reference, compare_conditions
-from epikit.errors import ConfigError, DataError
+from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
+from epikit.analysis.stats import bootstrap_mean_ci, compare_conditions
+from epikit.errors import DataError
 
 KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
 COLUMNS: tuple[str, ...] = (
@@ -197,121 +195,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _map_sets(run_dir: Path) -> list[Any]:
-    """Every view's maps in maps.zarr (root first)."""
-    import zarr
-
-    from epikit.explanation import MAPS_NAME, read_maps
-
-    root = read_maps(run_dir)
-    views = [v for v in root.attrs.get("views", [root.view]) if v != root.view]
-    group = zarr.open_group(str(run_dir / MAPS_NAME), mode="r")
-    children = dict(group.groups())
-    return [root] + [read_maps(run_dir, v) for v in views if v in children]
-
-
-def biomarker_run(
-    run_dir: str | Path,
-    reference: str | None = None,
-    trust: bool = True,
-    seed: int = 0,
-    *,
-    alpha: float = 0.05,
-    image_test: str = "permutation",
-    shell_method: str = "scaled",
-    trust_cells: int = 32,
-    control_epochs: int | None = None,
-    explainers: Sequence[str] | None = None,
-    maps: bool = True,
-) -> dict[str, Any]:
-    """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
-
-    ``reference``: the reference condition (default: a control-like name, else the first).
-    ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
-    :func:`epikit.analysis.trust.trust_checks`): channel attribution, mask-edge
-    control (trains the run's classifier on masks: ``control_epochs`` overrides its epochs),
-    faithfulness for ``explainers`` (default: the stored maps' explainer, gradcam and
-    scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
-    condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
-    checks). The returned summary lists the findings as sentences with their flags.
-    """
-    from epikit.dataset import CellDataset
-    from epikit.explanation import read_masks
-    from epikit.io.store import update_metrics, write_csv
-
-    from epikit.analysis.stats import IMAGE_TESTS
-
-    if shell_method not in SHELL_COLUMN_PREFIX:
-        raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
-    if image_test not in IMAGE_TESTS:
-        raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
-    if trust and not maps:
-        raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
-    run_dir = Path(run_dir)
-    started = time.perf_counter()
-    dataset = CellDataset(run_dir)
-    cells = dataset.table
-    n_shells = int(dataset.attrs.get("n_shells", 5))
-    reference = choose_reference(cells["condition"].astype(str).unique(), reference)
-    map_sets = _map_sets(run_dir) if maps else []
-    by_id = pd.Series(np.arange(len(cells)), index=cells["cell_id"].astype(str))
-    frames = []
-    map_shares: dict[str, np.ndarray] = {}
-    for stored in map_sets:
-        rows = by_id.reindex(stored.cell_ids).to_numpy()
-        if np.isnan(rows.astype(float)).any():
-            raise DataError(f"{run_dir / 'maps.zarr'} explains cells that cells.parquet lacks; re-run explain")
-        masks = read_masks(dataset.store_path, stored.crop_index)
-        shares = map_shell_shares(stored.maps, masks, n_shells, shell_method)
-        map_shares[stored.view] = shares
-        frames.append(shares_table(cells.iloc[rows.astype(np.int64)], shares, "map",
-                            str(stored.attrs.get("explainer", "")), stored.view))
-    channel_shares = image_shares(cells, dataset.channel_names, n_shells, shell_method,
-                                  *_crops_if_needed(dataset, cells, n_shells, shell_method))
-    for channel, shares in channel_shares.items():
-        frames.append(shares_table(cells, shares, "image", "", channel))
-    long = pd.concat(frames, ignore_index=True)
-    table = biomarker_table(long, reference, image_test, seed)
-    write_csv(table, run_dir / "biomarkers.csv")
-    findings = rank_findings(table, alpha, n_shells)
-    summary: dict[str, Any] = {
-        "reference": reference,
-        "alpha": alpha,
-        "image_test": image_test,
-        "shell_method": shell_method,
-        "n_shells": n_shells,
-        "n_rows": int(len(table)),
-        "n_significant_image_level": int(((table["unit"] == "image") & (table["q_value"] < alpha)).sum()),
-        "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
-        "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
-        "profiles": shell_profiles(long, seed),
-    }
-    if trust:
-        from epikit.analysis.trust import attach_trust, trust_checks
-
-        checks = trust_checks(run_dir, map_sets[0], reference=reference, seed=seed, alpha=alpha,
-                              trust_cells=trust_cells, control_epochs=control_epochs,
-                              explainers=explainers, shell_method=shell_method, image_test=image_test)
-        findings = attach_trust(findings, checks)
-        update_metrics(run_dir, "channel_attribution", checks["channel_attribution"])
-        update_metrics(run_dir, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
-    summary["top_finding"] = findings[0]["text"] if findings else None
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    update_metrics(run_dir, "biomarkers", summary)
-    update_metrics(run_dir, "findings", findings)
-    texts = [f["text"] + (f" [{'; '.join(f['trust']['flags'])}]" if f.get("trust", {}).get("flags") else "")
-             for f in findings]
-    return {k: v for k, v in summary.items() if k != "profiles"} | {"findings": texts}
-
-
-def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:
-    """Crops and masks of every cell when cells.parquet lacks the shell-share features."""
-    prefix = SHELL_COLUMN_PREFIX[method]
-    needed = any(f"{c}_{prefix}_1_share" not in cells.columns for c in dataset.channel_names)
-    if not needed:
-        return None, None
-    from epikit.explanation import read_masks
-
-    return dataset.load_crops(), read_masks(dataset.store_path, cells["crop_index"].to_numpy())

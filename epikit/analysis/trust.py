@@ -11,20 +11,21 @@
 * :func:`randomised_copy` + :func:`rank_correlation`: the model-randomisation sanity check
   (Adebayo et al. 2018): maps of a network with re-initialised weights must differ from
   the trained network's maps; the Spearman rank correlation inside the nucleus is reported.
-* :func:`train_mask_control`: the mask-edge control, a classifier of the run's recipe
-  trained on the nucleus masks alone, whose maps show what a shape/edge-only model attends
-  to. A rim finding that this control reproduces is a possible edge artefact.
+* :func:`attach_trust`: each finding with its checks and flags. The mask-edge control (a
+  classifier of the run's recipe trained on the nucleus masks alone, whose maps show what a
+  shape/edge-only model attends to; :func:`epikit.biomarker_stage.train_mask_control`) flags
+  a rim finding it reproduces as a possible edge artefact.
+
+Pure functions on models, crops and masks: the run-folder orchestration is
+:func:`epikit.biomarker_stage.trust_checks`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -196,170 +197,6 @@ def summarise_sanity(rho: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     mean = float(np.mean(rho[finite])) if finite.any() else float("nan")
     return {"rank_correlation": mean, "n_cells": int(finite.sum()), "threshold": threshold,
             "differs": bool(mean < threshold) if finite.any() else None}
-
-
-@dataclass
-class MaskControl:
-    """Classifiers trained on the nucleus masks alone, one per fold, and their scores."""
-
-    models: dict[int, nn.Module]
-    fold: np.ndarray
-    accuracy: float
-    metrics: dict[str, Any]
-
-
-def train_mask_control(run_dir: str | Path, epochs: int | None = None, seed: int | None = None) -> MaskControl:
-    """Cross-validate the run's classifier recipe on mask-only crops (1 channel: inside = 1).
-
-    Uses the classifier, parameters, split, folds and training options recorded in
-    ``metrics.json["classification"]`` (``epochs`` overrides the number of epochs), so the
-    control differs from the real model only in its input.
-    """
-    from epikit.dataset import CellDataset
-    from epikit.explanation import read_masks
-    from epikit.io import read_json
-    from epikit.training import TrainingOptions, cross_validate
-
-    run_dir = Path(run_dir)
-    recipe = (read_json(run_dir / "metrics.json", default={}) or {}).get("classification")
-    if not recipe:
-        raise DataError(f"{run_dir / 'metrics.json'} has no classification entry; train first")
-    options = dict(recipe.get("training") or {})
-    options["progress"] = False
-    if epochs is not None:
-        options["epochs"] = epochs
-    if seed is not None:
-        options["seed"] = seed
-    dataset = CellDataset(run_dir)
-    masks = read_masks(dataset.store_path, dataset.table["crop_index"].to_numpy())
-    cv = cross_validate(
-        masks[:, None].astype(np.float32), dataset.labels, dataset.groups, dataset.classes,
-        recipe.get("classifier", "resnet10"), recipe.get("params") or {},
-        split=recipe.get("split", "group"), folds=int(recipe.get("folds_requested", 5)),
-        options=TrainingOptions.from_mapping(options),
-        image_ids=dataset.table["image_id"].to_numpy(), description="mask control",
-    )
-    return MaskControl({k: t.model.eval() for k, t in cv.models.items()}, cv.fold,
-                       float(cv.metrics.get("accuracy", float("nan"))), cv.metrics)
-
-
-# ------------------------------------------------------------------ run-folder orchestration
-
-
-def _subset(conditions: np.ndarray, per_condition: int, seed: int) -> np.ndarray:
-    """Up to ``per_condition`` positions per condition (seeded), in order."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for condition in sorted(set(conditions)):
-        members = np.flatnonzero(conditions == condition)
-        if len(members) > per_condition:
-            members = rng.choice(members, per_condition, replace=False)
-        chosen.append(members)
-    return np.sort(np.concatenate(chosen))
-
-
-def _explain_by_fold(explainer: Any, models: dict[int, nn.Module], crops: np.ndarray,
-                     targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Maps of ``crops``, each cell explained by the model of its fold."""
-    from epikit.explanation import explain_cells
-
-    maps, _ = explain_cells(models, crops, folds, targets, explainer)
-    return maps
-
-
-def trust_checks(
-    run_dir: str | Path,
-    stored: Any,
-    reference: str,
-    seed: int = 0,
-    alpha: float = 0.05,
-    trust_cells: int = 32,
-    control_epochs: int | None = None,
-    explainers: Any = None,
-    shell_method: str = "scaled",
-    image_test: str = "permutation",
-    steps: int = 16,
-) -> dict[str, Any]:
-    """Run every trust check for one view's stored maps (:class:`epikit.explanation.StoredMaps`).
-
-    Channel attribution uses every explained cell; faithfulness and the sanity check use up
-    to ``trust_cells`` per condition; the mask-edge control explains every explained cell
-    with mask-only models and compares conditions with the same shell statistic.
-    """
-    from epikit.analysis.biomarkers import map_shell_shares, shares_table
-    from epikit.analysis.stats import compare_conditions
-    from epikit.dataset import CellDataset
-    from epikit.explanation import read_masks
-    from epikit.registry import get_explainer
-    from epikit.training import load_fold_models
-
-    run_dir = Path(run_dir)
-    dataset = CellDataset(run_dir, channels=stored.attrs["channel_names"])
-    by_id = pd.Series(np.arange(len(dataset.table)), index=dataset.table["cell_id"].astype(str))
-    rows = by_id.reindex(stored.cell_ids).to_numpy(np.int64)
-    cells = dataset.table.iloc[rows]
-    conditions = cells["condition"].astype(str).to_numpy()
-    crops = dataset.load_crops(rows)
-    masks = read_masks(dataset.store_path, stored.crop_index)
-    models = load_fold_models(run_dir, view=stored.view)
-    name, params = str(stored.attrs["explainer"]), dict(stored.attrs.get("params") or {})
-    n_shells = int(dataset.attrs.get("n_shells", 5))
-
-    drops = np.empty((len(rows), crops.shape[1]))
-    for fold in np.unique(stored.fold):
-        at = stored.fold == fold
-        drops[at] = channel_attribution(models[int(fold)], crops[at], masks[at], stored.target[at])
-    attribution = {
-        condition: {channel: float(drops[conditions == condition, c].mean())
-                    for c, channel in enumerate(dataset.channel_names)}
-        for condition in sorted(set(conditions))
-    }
-
-    subset = _subset(conditions, trust_cells, seed)
-    sub_folds, sub_targets = stored.fold[subset], stored.target[subset]
-    faithfulness = {}
-    for method in dict.fromkeys([name, *(explainers or ("gradcam", "gradcampp"))]):
-        if method == name:
-            maps = stored.maps[subset]
-        else:
-            maps = _explain_by_fold(get_explainer(method), models, crops[subset], sub_targets, sub_folds)
-        parts = [faithfulness_curves(models[int(f)], crops[subset][sub_folds == f], masks[subset][sub_folds == f],
-                                     maps[sub_folds == f], sub_targets[sub_folds == f], steps, seed)
-                 for f in np.unique(sub_folds)]
-        faithfulness[method] = summarise_curves({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-
-    randomised = {int(f): randomised_copy(m, seed + int(f)) for f, m in models.items()}
-    random_maps = _explain_by_fold(get_explainer(name, **params), randomised, crops[subset], sub_targets, sub_folds)
-    sanity = summarise_sanity(rank_correlation(stored.maps[subset], random_maps, masks[subset]))
-    sanity["explainer"] = name
-
-    control = train_mask_control(run_dir, epochs=control_epochs, seed=seed)
-    control_fold = control.fold[rows]
-    tested = control_fold >= 0
-    control_maps = _explain_by_fold(get_explainer(name, **params), control.models,
-                                    masks[tested][:, None].astype(np.float32), stored.target[tested],
-                                    control_fold[tested])
-    shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
-    long = shares_table(cells[tested], shares, "mask_control", name, "mask")
-    rows_out = compare_conditions(long, keys=["region"], reference=reference, image_test=image_test,
-                                  units=("image",), seed=seed)
-    mask_control = {
-        "accuracy": control.accuracy,
-        "explainer": name,
-        "n_cells": int(tested.sum()),
-        "rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-                 for r in rows_out[["region", "condition", "reference", "effect", "cliffs_delta",
-                                    "p_value", "q_value", "n_condition", "n_reference"]].to_dict("records")],
-    }
-    return {
-        "view": stored.view,
-        "channel_attribution": attribution,
-        "faithfulness": faithfulness,
-        "sanity": sanity,
-        "mask_control": mask_control,
-        "alpha": alpha,
-        "cells": {"attribution": int(len(rows)), "faithfulness_and_sanity": int(len(subset))},
-    }
 
 
 def attach_trust(findings: list[dict[str, Any]], checks: dict[str, Any]) -> list[dict[str, Any]]:

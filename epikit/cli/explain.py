@@ -9,16 +9,17 @@ import typer
 
 from epikit.cli import command, parse_params
 from epikit.cli.cluster import SCHEDULER, WORKERS
+from epikit.options import BiomarkerOptions, ExplainOptions
 
 
 @command("explain")
 def explain_command(
     run_dir: Path = typer.Argument(..., help="Run folder with a trained classifier (model/, cells.parquet)."),
-    explainer: str = typer.Option("scorecam", "--explainer", "-e", help="Explainer plugin (see `epikit plugins`)."),
+    explainer: str = typer.Option(ExplainOptions.explainer, "--explainer", "-e", help="Explainer plugin (see `epikit plugins`)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Explainer parameter key=value, repeatable (e.g. -p weighting=softmax-over-channels)."),
-    cells: str = typer.Option("correct", "--cells", help="Which out-of-fold test cells: correct, misclassified or all."),
-    max_cells: Optional[int] = typer.Option(None, "--max-cells", help="At most this many cells per condition (seeded random choice)."),
-    target: str = typer.Option("predicted", "--target", help="Class to explain: predicted, or a class (condition) name."),
+    cells: str = typer.Option(ExplainOptions.cells, "--cells", help="Which out-of-fold test cells: correct, misclassified or all."),
+    max_cells: int = typer.Option(ExplainOptions.max_cells, "--max-cells", help="At most this many cells per condition (seeded random choice; 0: all)."),
+    target: str = typer.Option(ExplainOptions.target, "--target", help="Class to explain: predicted, or a class (condition) name."),
     view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cell choice."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -30,7 +31,7 @@ def explain_command(
     from epikit.explanation import explain_run
 
     with get_executor(workers, scheduler) as executor:
-        summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells,
+        summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells or None,
                               target=target, views=view or None, seed=seed, progress=not quiet,
                               executor=executor)
     for name, info in summary["views"].items():
@@ -44,17 +45,17 @@ def explain_command(
 @command("biomarkers")
 def biomarkers_command(
     run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
+    reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
     alpha: float = typer.Option(0.05, "--alpha", help="q-value threshold of a finding."),
     image_test: str = typer.Option("permutation", "--image-test", help="Image-level test: permutation or mannwhitney."),
     shells: str = typer.Option("scaled", "--shells", help="Shell definition: scaled (the study's) or distance."),
-    trust: bool = typer.Option(True, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
-    trust_cells: int = typer.Option(32, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
-    control_epochs: Optional[int] = typer.Option(None, "--control-epochs", help="Epochs of the mask-only control model (default: the run's)."),
+    trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
+    trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
+    control_epochs: int = typer.Option(BiomarkerOptions.control_epochs, "--control-epochs", help="Epochs of the mask-only control model (0: as many as the run's classifier)."),
     seed: int = typer.Option(0, "--seed", help="Seed of permutations, bootstrap and subsets."),
 ) -> None:
     """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
-    from epikit.analysis.biomarkers import biomarker_run
+    from epikit.biomarker_stage import biomarker_run
 
     summary = biomarker_run(run_dir, reference=reference, trust=trust, seed=seed, alpha=alpha,
                             image_test=image_test, shell_method=shells, trust_cells=trust_cells,

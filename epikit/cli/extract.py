@@ -10,6 +10,8 @@ import typer
 
 from epikit.cli import command
 from epikit.cli.cluster import SCHEDULER, WORKERS
+from epikit.options import ExtractOptions
+from epikit.runfolder.layout import MASKS
 
 
 @command("extract")
@@ -18,13 +20,13 @@ def extract_command(
     masks: Optional[Path] = typer.Option(
         None, "--masks", help="Label images MASKS/<condition>/<stem>.tif (default: OUT/masks, as `epikit segment` writes)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: crops.zarr, cells.parquet, metrics.json."),
-    crop_size: int = typer.Option(64, "--crop-size", help="Side S of the square crops (the study used 600)."),
-    keep_context: bool = typer.Option(False, "--keep-context", help="Keep the pixels around the nucleus instead of zeroing them."),
-    scale: str = typer.Option("fit", "--scale", help="fit: resize the nucleus to fill S keeping its aspect ratio; native: no resize."),
-    min_area: int = typer.Option(30, "--min-area", help="Skip nuclei smaller than this many pixels."),
-    max_area: int = typer.Option(0, "--max-area", help="Skip nuclei larger than this many pixels (0: no limit)."),
-    align: str = typer.Option("none", "--align", help="none, or major-axis: rotate each nucleus's major axis to horizontal."),
-    normalise: str = typer.Option("image", "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
+    crop_size: int = typer.Option(ExtractOptions.crop_size, "--crop-size", help="Side S of the square crops (the study used 600)."),
+    keep_context: bool = typer.Option(ExtractOptions.keep_context, "--keep-context", help="Keep the pixels around the nucleus instead of zeroing them."),
+    scale: str = typer.Option(ExtractOptions.scale, "--scale", help="fit: resize the nucleus to fill S keeping its aspect ratio; native: no resize."),
+    min_area: int = typer.Option(ExtractOptions.min_area, "--min-area", help="Skip nuclei smaller than this many pixels."),
+    max_area: int = typer.Option(ExtractOptions.max_area, "--max-area", help="Skip nuclei larger than this many pixels (0: no limit)."),
+    align: str = typer.Option(ExtractOptions.align, "--align", help="none, or major-axis: rotate each nucleus's major axis to horizontal."),
+    normalise: str = typer.Option(ExtractOptions.normalise, "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
     features: bool = typer.Option(True, "--features/--no-features", help="Measure per-cell features (morphology, intensity, texture, shells)."),
     workers: int = WORKERS,
@@ -39,7 +41,7 @@ def extract_command(
     records = discover_images(input, names, min_conditions=1)
     with warnings.catch_warnings(record=True) as caught, get_executor(workers, scheduler) as executor:
         warnings.simplefilter("always")
-        summary = extract_cells(records, masks if masks is not None else out / "masks", out,
+        summary = extract_cells(records, masks if masks is not None else out / MASKS, out,
                                 crop_size=crop_size, keep_context=keep_context, scale=scale,
                                 min_area=min_area, max_area=max_area, align=align, normalise=normalise,
                                 features=features, progress=True, executor=executor)

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from epikit.cli import command, parse_params
+from epikit.options import TrainOptions
 
 
 def _score(value: Any) -> str:
@@ -17,10 +18,10 @@ def _score(value: Any) -> str:
 @command("train")
 def train_command(
     run_dir: Path = typer.Argument(..., help="Run folder with cells.parquet and crops.zarr (from `epikit extract`)."),
-    classifier: str = typer.Option("resnet10", "--classifier", "-c", help="Registered classifier (see `epikit plugins`)."),
+    classifier: str = typer.Option(TrainOptions.classifier, "--classifier", "-c", help="Registered classifier (see `epikit plugins`)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Classifier parameter key=value (repeatable), e.g. -p pooling=avg."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds (hold-out: 1/K of the groups is the test set)."),
-    split: str = typer.Option("group", "--split", help="group (no field in train and test), holdout (one grouped fold), cell (the study's random cell split; leaks)."),
+    folds: int = typer.Option(TrainOptions.folds, "--folds", "-k", help="Cross-validation folds (hold-out: 1/K of the groups is the test set)."),
+    split: str = typer.Option(TrainOptions.split, "--split", help="group (no field in train and test), holdout (one grouped fold), cell (the study's random cell split; leaks)."),
     view: Optional[str] = typer.Option(None, "--view", help="Channels to train on: all, a channel name, or names joined by '+'."),
     views: Optional[str] = typer.Option(None, "--views", help="Several views, comma-separated (e.g. all,H3K27ac,CTCF,Hoechst): one model set each."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Most epochs per fold (early stopping may end sooner)."),
@@ -35,7 +36,7 @@ def train_command(
 ) -> None:
     """Train with grouped cross-validation; write model/, predictions in cells.parquet, metrics.json."""
     from epikit.errors import ConfigError
-    from epikit.training import train_run
+    from epikit.training.stage import train_run
 
     if view and views:
         raise ConfigError("give either --view or --views, not both")

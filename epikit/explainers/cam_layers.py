@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epikit.errors import DataError, ModelError
+from epikit.interfaces import optional_attribute
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -38,7 +39,7 @@ def resolve_cam_layer(model: nn.Module, layer: str | None = None) -> tuple[str, 
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    name = layer if layer is not None else getattr(model, "cam_layer", None)
+    name = layer if layer is not None else optional_attribute(model, "classifier", "cam_layer")
     available = ", ".join(layer_names(model)) or "none"
     if name is None:
         raise ModelError(

@@ -23,9 +23,6 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-METRICS_FILE = "metrics.json"
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -119,15 +116,6 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return path
-
-
-def update_metrics(run_dir: str | os.PathLike[str], key: str, value: Any) -> dict[str, Any]:
-    """Set ``metrics[key] = value`` in ``run_dir/metrics.json`` atomically; return all metrics."""
-    path = Path(run_dir) / METRICS_FILE
-    metrics = read_json(path, default={})
-    metrics[key] = value
-    write_json(path, metrics)
-    return metrics
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -35,7 +35,7 @@ def render_report(run_dir: str | os.PathLike[str], figures_dir: str | os.PathLik
     from epikit.errors import EpikitError
     from epikit.report.figures import FigureWriter
     from epikit.report.html import Markup, document, element, section, warning
-    from epikit.report.run_folder import RunFolder
+    from epikit.runfolder.reader import RunFolder
     from epikit.report.sections import SECTIONS, ReportContext, warnings_section
 
     context = ReportContext(RunFolder(run_dir), FigureWriter(Path(figures_dir), FIGURES_DIR))
@@ -73,7 +73,7 @@ def build_report(run_dir: str | os.PathLike[str], *, strict: bool = False) -> Pa
     outputs are replaced atomically, so an interrupted build leaves the previous report.
     """
     run_dir = Path(run_dir)
-    from epikit.report.run_folder import RunFolder
+    from epikit.runfolder.reader import RunFolder
 
     RunFolder(run_dir)  # a clear InputError when the folder does not exist
     with atomic_path(run_dir / FIGURES_DIR) as figures_tmp:

@@ -16,7 +16,7 @@ import numpy as np
 
 from epikit.report import figures as fig
 from epikit.report.html import Markup, element, image, join, mapping_table, note, paragraph, table
-from epikit.report.run_folder import RunFolder
+from epikit.runfolder.reader import RunFolder
 from epikit.report.sections.common import (
     SIGNIFICANCE,
     ReportContext,

@@ -1,7 +1,7 @@
 """Classification section: out-of-fold metrics, training curves, ROC, confusion, folds.
 
 Reads ``metrics.json["classification"]`` and ``model/training.json`` as
-:mod:`epikit.training` writes them, and the out-of-fold columns of ``cells.parquet``
+:mod:`epikit.training.stage` writes them, and the out-of-fold columns of ``cells.parquet``
 (``fold``, ``prediction``, ``prob_<class>``; extra views prefixed ``<view>:``).
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from epikit.report.figures import FigureWriter
 from epikit.report.html import Markup, note, table
-from epikit.report.run_folder import RunFolder
+from epikit.runfolder.reader import RunFolder
 
 SIGNIFICANCE = 0.05
 

@@ -10,8 +10,8 @@ import numpy as np
 from epikit.report import figures as fig
 from epikit.report import summaries
 from epikit.report.html import Markup, element, image, join, mapping_table, note
-from epikit.explanation import StoredMaps
-from epikit.report.run_folder import RunFolder
+from epikit.runfolder.maps import StoredMaps
+from epikit.runfolder.reader import RunFolder
 from epikit.report.sections.common import ReportContext, records_table, scalars, unavailable
 
 #: Example cells per condition in the gallery.

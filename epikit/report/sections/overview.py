@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from epikit.report.html import Markup, element, join, mapping_table, note, paragraph, table, warning
-from epikit.report.run_folder import RunFolder
+from epikit.runfolder.reader import RunFolder
 from epikit.report.sections.common import (
     ReportContext,
     finding_text,

@@ -11,7 +11,7 @@ import numpy as np
 from epikit.report import figures as fig
 from epikit.report import summaries
 from epikit.report.html import Markup, element, image, join, mapping_table, note, table
-from epikit.report.run_folder import RunFolder
+from epikit.runfolder.reader import RunFolder
 from epikit.report.sections.common import ReportContext, scalars, unavailable
 
 #: Sample fields overlaid per condition.
@@ -98,6 +98,7 @@ def _overlays(report: ReportContext, frame: Any) -> list[Markup]:
                 continue
             labels = read_labels(mask)
             title = f"{condition}: {mask.stem} ({int(len(np.unique(labels)) - (labels == 0).any())} nuclei)"
-            src = report.figures.save(fig.segmentation_overlay(channel, labels, title), "overlay", path)
+            src = report.figures.save(fig.segmentation_overlay(channel, labels, title), "overlay",
+                                      mask.relative_to(run.path).as_posix())  # no absolute path in names
             shown.append(image(src, f"segmentation of {path}", title))
     return shown or [note("No sample fields to show.")]

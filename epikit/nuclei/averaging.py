@@ -2,8 +2,8 @@
 
 Each nucleus is rotated so its moment ellipse's major axis is horizontal and scaled so its
 longest side fills the output square, then maps (and image channels) are averaged inside the
-nucleus. The geometry is the single-cell module's (:func:`epikit.cells.find_nuclei` /
-:func:`epikit.cells.crop_nuclei`) applied to the crop itself: the crop's mask is the label
+nucleus. The geometry is the single-cell module's (:func:`epikit.nuclei.crops.find_nuclei` /
+:func:`epikit.nuclei.crops.crop_nuclei`) applied to the crop itself: the crop's mask is the label
 image, the maps and channels are the image. Crops extracted with ``align="major-axis"``
 and ``scale="fit"`` are aligned already and are averaged as they are.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from epikit.cells import CropSettings, crop_nuclei, find_nuclei
+from epikit.nuclei.crops import CropSettings, crop_nuclei, find_nuclei
 from epikit.errors import DataError
 
 #: Zero border added around a crop so that a nucleus filling it is not "at the image border".

@@ -1,4 +1,4 @@
-"""Read-only, lazy access to the artefacts of a run folder for the report.
+"""Read-only, lazy access to the artefacts of a run folder (what the report reads).
 
 Each artefact is loaded on first use and cached; one that is missing reads as ``None``
 (or an empty dict for JSON files), so every report section can say "not available"
@@ -8,14 +8,15 @@ instead of failing. The layout is the run-folder contract of ``DESIGN.md``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from epikit.errors import InputError
+from epikit.runfolder import layout
+from epikit.runfolder.crops import CropStore
+from epikit.runfolder.layout import MAPS
+from epikit.runfolder.maps import StoredMaps, read_averages, read_map_sets
 
 
 def _read_json_file(path: Path) -> dict[str, Any]:
@@ -34,34 +35,6 @@ def _string_list(value: Any) -> list[str] | None:
     return None
 
 
-@dataclass
-class CropStore:
-    """``crops.zarr`` read without torch: crops (N,C,S,S), masks (N,S,S), channel names, attrs."""
-
-    path: Path
-    crops: Any
-    has_masks: bool
-    channel_names: list[str]
-    attrs: dict[str, Any]
-
-    def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
-        """Crops at rows ``indices`` (in that order) as float32 (N,C,S,S)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
-            return np.zeros((0, *self.crops.shape[1:]), dtype=np.float32)
-        order = np.argsort(indices)
-        data = np.asarray(self.crops.get_orthogonal_selection((indices[order],)), dtype=np.float32)
-        out = np.empty_like(data)
-        out[order] = data
-        return out
-
-    def read_masks(self, indices: np.ndarray | list[int]) -> np.ndarray | None:
-        """Nucleus masks at rows ``indices`` as bool (N,S,S); ``None`` without a masks array."""
-        from epikit.explanation import read_masks
-
-        return read_masks(self.path, np.asarray(indices, dtype=np.int64)) if self.has_masks else None
-
-
 def _group_arrays(group: Any) -> dict[str, Any]:
     return {name: array for name, array in group.arrays()}
 
@@ -78,22 +51,22 @@ class RunFolder:
     @cached_property
     def manifest(self) -> dict[str, Any]:
         """``manifest.json`` (empty when missing)."""
-        return _read_json_file(self.path / "manifest.json")
+        return _read_json_file(self.path / layout.MANIFEST)
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` (empty when missing)."""
-        return _read_json_file(self.path / "metrics.json")
+        return _read_json_file(self.path / layout.METRICS)
 
     @cached_property
     def training(self) -> dict[str, Any]:
         """``model/training.json`` with the training curves (empty when missing)."""
-        return _read_json_file(self.path / "model" / "training.json")
+        return _read_json_file(self.path / layout.MODEL / layout.TRAINING_INFO)
 
     @cached_property
     def config_text(self) -> str | None:
         """The text of ``config.toml``."""
-        path = self.path / "config.toml"
+        path = self.path / layout.CONFIG
         return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
     @cached_property
@@ -101,18 +74,18 @@ class RunFolder:
         """``cells.parquet`` as a DataFrame."""
         import pandas as pd
 
-        path = self.path / "cells.parquet"
+        path = self.path / layout.CELLS
         return pd.read_parquet(path) if path.is_file() else None
 
     @cached_property
     def biomarkers(self) -> Any | None:
         """``biomarkers.csv`` as a DataFrame."""
-        return self._csv("biomarkers.csv")
+        return self._csv(layout.BIOMARKERS)
 
     @cached_property
     def segmentation(self) -> Any | None:
         """``segmentation.csv``: nuclei counted per image."""
-        return self._csv("segmentation.csv")
+        return self._csv(layout.SEGMENTATION_TABLE)
 
     def _csv(self, name: str) -> Any | None:
         import pandas as pd
@@ -128,7 +101,7 @@ class RunFolder:
         """``crops.zarr`` opened read-only."""
         import zarr
 
-        path = self.path / "crops.zarr"
+        path = self.path / layout.CROPS
         if not path.is_dir():
             return None
         group = zarr.open_group(str(path), mode="r")
@@ -141,41 +114,15 @@ class RunFolder:
         return CropStore(path, crops, "masks" in arrays, channels, attrs)
 
     @cached_property
-    def map_sets(self) -> list[Any]:
-        """Every view's maps in ``maps.zarr`` (:class:`epikit.explanation.StoredMaps`), primary first."""
-        import zarr
-
-        from epikit.explanation import MAPS_NAME, read_maps
-
-        path = self.path / MAPS_NAME
-        if not path.is_dir():
+    def map_sets(self) -> list[StoredMaps]:
+        """Every view's maps in ``maps.zarr`` (:class:`~epikit.runfolder.maps.StoredMaps`), primary first."""
+        if not (self.path / MAPS).is_dir():
             return []
-        root = zarr.open_group(str(path), mode="r")
-        views = _string_list(root.attrs.get("views")) or [str(root.attrs.get("view"))]
-        return [read_maps(self.path, view) for view in views]
+        return read_map_sets(self.path)
 
     def map_averages(self, view: str) -> dict[str, dict[str, Any]]:
         """Stored aligned averages of a view: per condition ``map``, ``channels``, ``n_cells``."""
-        import zarr
-
-        from epikit.explanation import AVERAGE_GROUP, MAPS_NAME
-
-        root = zarr.open_group(str(self.path / MAPS_NAME), mode="r")
-        base = "" if root.attrs.get("view") == view else f"{view}/"
-        averages = {}
-        for condition in self.conditions:
-            try:
-                group = root[f"{base}{AVERAGE_GROUP}/{condition}"]
-            except KeyError:
-                continue
-            arrays = _group_arrays(group)
-            if "map" in arrays:
-                averages[condition] = {
-                    "map": np.asarray(arrays["map"][...], dtype=np.float32),
-                    "channels": np.asarray(arrays["channels"][...], dtype=np.float32) if "channels" in arrays else None,
-                    "n_cells": int(group.attrs.get("n_cells", 0)),
-                }
-        return averages
+        return read_averages(self.path, view, self.conditions)
 
     @cached_property
     def conditions(self) -> list[str]:
@@ -198,4 +145,4 @@ class RunFolder:
         from epikit.io import ImageRecord, mask_path
 
         record = ImageRecord(Path(path), condition, condition, (), condition)
-        return mask_path(self.path / "masks", record)
+        return mask_path(self.path / layout.MASKS, record)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from epikit.errors import ConfigError
-from epikit.features import cell_features, fitted_ellipse
+from epikit.nuclei.features import cell_features, fitted_ellipse
 
 SCALE_MODES: tuple[str, ...] = ("fit", "native")
 ALIGN_MODES: tuple[str, ...] = ("none", "major-axis")
@@ -303,7 +303,7 @@ def describe_nuclei(
     n_shells: int = 5,
 ) -> list[dict[str, object]]:
     """One row per nucleus: label, bbox, centroid, area, orientation, eccentricity, crop scale,
-    clipped flag and (with ``features``) the columns of :mod:`epikit.features` measured on the
+    clipped flag and (with ``features``) the columns of :mod:`epikit.nuclei.features` measured on the
     raw image."""
     rows = []
     for n in nuclei:

@@ -33,7 +33,7 @@ Texture: the nucleus's intensities are quantised into ``glcm_levels`` (default 3
 between their own minimum and maximum, so texture does not depend on brightness; pixel pairs
 at distance 1 in the four directions 0, 45, 90, 135 degrees, both inside the nucleus, are
 pooled into one symmetric, normalised co-occurrence matrix. Shells: see
-:mod:`epikit.analysis.shells` (an empty shell of a tiny nucleus gives NaN).
+:mod:`epikit.nuclei.shells` (an empty shell of a tiny nucleus gives NaN).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import perimeter
 
-from epikit.analysis.shells import shell_means, shell_regions, shell_shares
+from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
 
 MORPHOLOGY_FEATURES: tuple[str, ...] = ("area", "perimeter", "solidity", "eccentricity", "form_factor")
 INTENSITY_FEATURES: tuple[str, ...] = ("mean", "integrated", "std")

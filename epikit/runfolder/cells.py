@@ -1,8 +1,8 @@
-"""``CellDataset``: the single-cell dataset of a run folder as a PyTorch ``Dataset``.
+"""The cells of a run folder: ``CellDataset`` (a PyTorch ``Dataset``) and the nucleus masks.
 
 Reads ``crops.zarr`` and ``cells.parquet`` written by :func:`epikit.extraction.extract_cells`::
 
-    from epikit.dataset import CellDataset
+    from epikit.runfolder.cells import CellDataset
 
     data = CellDataset("runs/demo", channels=["H3K27ac"])   # one of the study's "views"
     crop, label = data[0]              # float32 tensor (1, S, S), index into data.classes
@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from epikit.errors import ConfigError, DataError, InputError
-from epikit.extraction import CELLS_NAME, CROPS_NAME
+from epikit.runfolder.layout import CELLS, CROPS
 
 #: Bytes of stored crops read per Zarr request by :meth:`CellDataset.load_crops`
 #: (rounded down to whole chunks, at least one chunk).
@@ -57,8 +57,8 @@ class CellDataset(Dataset):
         import zarr
 
         self.run_dir = Path(run_dir)
-        self.store_path = self.run_dir / CROPS_NAME
-        table_path = self.run_dir / CELLS_NAME
+        self.store_path = self.run_dir / CROPS
+        table_path = self.run_dir / CELLS
         for path in (self.store_path, table_path):
             if not path.exists():
                 raise InputError(f"{path}: not found; run `epikit extract` (or `epikit run`) into "
@@ -168,7 +168,7 @@ class CellDataset(Dataset):
                               "(or pip install 'epikit[anndata]')") from error
         features = self.feature_columns()
         if not features:
-            raise DataError(f"{self.run_dir / CELLS_NAME}: no feature columns; extract with features on")
+            raise DataError(f"{self.run_dir / CELLS}: no feature columns; extract with features on")
         obs = self.table.drop(columns=[*features, "cell_id"])
         obs.index = pd.Index(self.table["cell_id"].astype(str), name="cell_id")
         for column in obs.columns:
@@ -178,4 +178,5 @@ class CellDataset(Dataset):
         uns = {"epikit": {k: v for k, v in self.attrs.items() if k != "feature_columns"}}
         return anndata.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(features, name="feature")),
                                uns=uns)
+
 

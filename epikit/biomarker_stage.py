@@ -1,0 +1,298 @@
+"""The biomarkers stage: shell statistics of maps and images, with trust checks, -> ``biomarkers.csv``.
+
+:func:`biomarker_run` reads the run folder (cells, crops, masks, ``maps.zarr``), computes the
+shell shares and their statistics (:mod:`epikit.analysis.biomarkers`) and, with
+:func:`trust_checks`, the checks of :mod:`epikit.analysis.trust` for the primary view's maps
+(channel attribution, faithfulness, randomisation sanity, and a mask-only control model
+trained by :func:`train_mask_control`). It writes ``biomarkers.csv`` and the ``biomarkers``,
+``findings``, ``channel_attribution`` and ``trust`` sections of ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from epikit.analysis.biomarkers import (
+    SHELL_COLUMN_PREFIX,
+    biomarker_table,
+    image_shares,
+    map_shell_shares,
+    rank_findings,
+    shares_table,
+    shell_profiles,
+)
+from epikit.analysis.fold_maps import explain_cells
+from epikit.analysis.stats import IMAGE_TESTS, choose_reference, compare_conditions
+from epikit.analysis.trust import (
+    attach_trust,
+    channel_attribution,
+    faithfulness_curves,
+    randomised_copy,
+    rank_correlation,
+    summarise_curves,
+    summarise_sanity,
+)
+from epikit.errors import ConfigError, DataError
+from epikit.io.store import write_csv
+from epikit.options import BiomarkerOptions
+from epikit.registry import get_explainer
+from epikit.runfolder.cells import CellDataset
+from epikit.runfolder.crops import read_masks
+from epikit.runfolder.layout import BIOMARKERS, MAPS, METRICS
+from epikit.runfolder.maps import StoredMaps, read_map_sets
+from epikit.runfolder.metrics import read_metrics, update_metrics
+from epikit.runfolder.models import load_fold_models
+from epikit.runfolder.rows import cell_rows
+from epikit.training.cross_validation import cross_validate
+from epikit.options import TrainingOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+
+def biomarker_run(
+    run_dir: str | Path,
+    reference: str | None = BiomarkerOptions.reference,
+    trust: bool = BiomarkerOptions.trust,
+    seed: int = 0,
+    *,
+    alpha: float = 0.05,
+    image_test: str = "permutation",
+    shell_method: str = "scaled",
+    trust_cells: int = BiomarkerOptions.trust_cells,
+    control_epochs: int | None = BiomarkerOptions.control_epochs,
+    explainers: Sequence[str] | None = None,
+    maps: bool = True,
+) -> dict[str, Any]:
+    """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
+
+    ``reference``: the reference condition (``""`` or None: a control-like name, else the first).
+    ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
+    :func:`trust_checks`): channel attribution, mask-edge
+    control (trains the run's classifier on masks for ``control_epochs`` epochs; 0 or None: as
+    many as the run's classifier),
+    faithfulness for ``explainers`` (default: the stored maps' explainer, gradcam and
+    scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
+    condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
+    checks). The returned summary lists the findings as sentences with their flags.
+    """
+    if shell_method not in SHELL_COLUMN_PREFIX:
+        raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
+    if image_test not in IMAGE_TESTS:
+        raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
+    if trust and not maps:
+        raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    dataset = CellDataset(run_dir)
+    cells = dataset.table
+    n_shells = int(dataset.attrs.get("n_shells", 5))
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference or None)
+    map_sets = read_map_sets(run_dir) if maps else []
+    frames = []
+    map_shares: dict[str, np.ndarray] = {}
+    for stored in map_sets:
+        rows = cell_rows(cells["cell_id"], stored.cell_ids,
+                         f"{run_dir / MAPS} explains cells that cells.parquet lacks; re-run explain")
+        masks = read_masks(dataset.store_path, stored.crop_index)
+        shares = map_shell_shares(stored.maps, masks, n_shells, shell_method)
+        map_shares[stored.view] = shares
+        frames.append(shares_table(cells.iloc[rows], shares, "map",
+                            str(stored.attrs.get("explainer", "")), stored.view))
+    channel_shares = image_shares(cells, dataset.channel_names, n_shells, shell_method,
+                                  *_crops_if_needed(dataset, cells, n_shells, shell_method))
+    for channel, shares in channel_shares.items():
+        frames.append(shares_table(cells, shares, "image", "", channel))
+    long = pd.concat(frames, ignore_index=True)
+    table = biomarker_table(long, reference, image_test, seed)
+    write_csv(table, run_dir / BIOMARKERS)
+    findings = rank_findings(table, alpha, n_shells)
+    summary: dict[str, Any] = {
+        "reference": reference,
+        "alpha": alpha,
+        "image_test": image_test,
+        "shell_method": shell_method,
+        "n_shells": n_shells,
+        "n_rows": int(len(table)),
+        "n_significant_image_level": int(((table["unit"] == "image") & (table["q_value"] < alpha)).sum()),
+        "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
+        "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
+        "profiles": shell_profiles(long, seed),
+    }
+    if trust:
+        checks = trust_checks(run_dir, map_sets[0], reference=reference, seed=seed, alpha=alpha,
+                              trust_cells=trust_cells, control_epochs=control_epochs,
+                              explainers=explainers, shell_method=shell_method, image_test=image_test)
+        findings = attach_trust(findings, checks)
+        update_metrics(run_dir, "channel_attribution", checks["channel_attribution"])
+        update_metrics(run_dir, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
+    summary["top_finding"] = findings[0]["text"] if findings else None
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    update_metrics(run_dir, "biomarkers", summary)
+    update_metrics(run_dir, "findings", findings)
+    texts = [f["text"] + (f" [{'; '.join(f['trust']['flags'])}]" if f.get("trust", {}).get("flags") else "")
+             for f in findings]
+    return {k: v for k, v in summary.items() if k != "profiles"} | {"findings": texts}
+
+
+def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:
+    """Crops and masks of every cell when cells.parquet lacks the shell-share features."""
+    prefix = SHELL_COLUMN_PREFIX[method]
+    needed = any(f"{c}_{prefix}_1_share" not in cells.columns for c in dataset.channel_names)
+    if not needed:
+        return None, None
+    return dataset.load_crops(), read_masks(dataset.store_path, cells["crop_index"].to_numpy())
+
+
+@dataclass
+class MaskControl:
+    """Classifiers trained on the nucleus masks alone, one per fold, and their scores."""
+
+    models: dict[int, nn.Module]
+    fold: np.ndarray
+    accuracy: float
+    metrics: dict[str, Any]
+
+
+def train_mask_control(run_dir: str | Path, epochs: int | None = None, seed: int | None = None) -> MaskControl:
+    """Cross-validate the run's classifier recipe on mask-only crops (1 channel: inside = 1).
+
+    Uses the classifier, parameters, split, folds and training options recorded in
+    ``metrics.json["classification"]`` (``epochs`` overrides the number of epochs), so the
+    control differs from the real model only in its input.
+    """
+    run_dir = Path(run_dir)
+    recipe = read_metrics(run_dir).get("classification")
+    if not recipe:
+        raise DataError(f"{run_dir / METRICS} has no classification entry; train first")
+    options = dict(recipe.get("training") or {})
+    options["progress"] = False
+    if epochs is not None:
+        options["epochs"] = epochs
+    if seed is not None:
+        options["seed"] = seed
+    dataset = CellDataset(run_dir)
+    masks = read_masks(dataset.store_path, dataset.table["crop_index"].to_numpy())
+    cv = cross_validate(
+        masks[:, None].astype(np.float32), dataset.labels, dataset.groups, dataset.classes,
+        recipe.get("classifier", "resnet10"), recipe.get("params") or {},
+        split=recipe.get("split", "group"), folds=int(recipe.get("folds_requested", 5)),
+        options=TrainingOptions.from_mapping(options),
+        image_ids=dataset.table["image_id"].to_numpy(), description="mask control",
+    )
+    return MaskControl({k: t.model.eval() for k, t in cv.models.items()}, cv.fold,
+                       float(cv.metrics.get("accuracy", float("nan"))), cv.metrics)
+
+
+def _subset(conditions: np.ndarray, per_condition: int, seed: int) -> np.ndarray:
+    """Up to ``per_condition`` positions per condition (seeded), in order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for condition in sorted(set(conditions)):
+        members = np.flatnonzero(conditions == condition)
+        if len(members) > per_condition:
+            members = rng.choice(members, per_condition, replace=False)
+        chosen.append(members)
+    return np.sort(np.concatenate(chosen))
+
+
+def _explain_by_fold(explainer: Any, models: dict[int, nn.Module], crops: np.ndarray,
+                     targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Maps of ``crops``, each cell explained by the model of its fold."""
+    maps, _ = explain_cells(models, crops, folds, targets, explainer)
+    return maps
+
+
+def trust_checks(
+    run_dir: str | Path,
+    stored: StoredMaps,
+    reference: str,
+    seed: int = 0,
+    alpha: float = 0.05,
+    trust_cells: int = BiomarkerOptions.trust_cells,
+    control_epochs: int | None = BiomarkerOptions.control_epochs,
+    explainers: Any = None,
+    shell_method: str = "scaled",
+    image_test: str = "permutation",
+    steps: int = 16,
+) -> dict[str, Any]:
+    """Run every trust check for one view's stored maps.
+
+    Channel attribution uses every explained cell; faithfulness and the sanity check use up
+    to ``trust_cells`` per condition; the mask-edge control explains every explained cell
+    with mask-only models and compares conditions with the same shell statistic.
+    """
+    run_dir = Path(run_dir)
+    dataset = CellDataset(run_dir, channels=stored.attrs["channel_names"])
+    rows = cell_rows(dataset.table["cell_id"], stored.cell_ids,
+                     f"{run_dir / MAPS} explains cells that cells.parquet lacks; re-run explain")
+    cells = dataset.table.iloc[rows]
+    conditions = cells["condition"].astype(str).to_numpy()
+    crops = dataset.load_crops(rows)
+    masks = read_masks(dataset.store_path, stored.crop_index)
+    models = load_fold_models(run_dir, view=stored.view)
+    name, params = str(stored.attrs["explainer"]), dict(stored.attrs.get("params") or {})
+    n_shells = int(dataset.attrs.get("n_shells", 5))
+
+    drops = np.empty((len(rows), crops.shape[1]))
+    for fold in np.unique(stored.fold):
+        at = stored.fold == fold
+        drops[at] = channel_attribution(models[int(fold)], crops[at], masks[at], stored.target[at])
+    attribution = {
+        condition: {channel: float(drops[conditions == condition, c].mean())
+                    for c, channel in enumerate(dataset.channel_names)}
+        for condition in sorted(set(conditions))
+    }
+
+    subset = _subset(conditions, trust_cells, seed)
+    sub_folds, sub_targets = stored.fold[subset], stored.target[subset]
+    faithfulness = {}
+    for method in dict.fromkeys([name, *(explainers or ("gradcam", "gradcampp"))]):
+        if method == name:
+            maps = stored.maps[subset]
+        else:
+            maps = _explain_by_fold(get_explainer(method), models, crops[subset], sub_targets, sub_folds)
+        parts = [faithfulness_curves(models[int(f)], crops[subset][sub_folds == f], masks[subset][sub_folds == f],
+                                     maps[sub_folds == f], sub_targets[sub_folds == f], steps, seed)
+                 for f in np.unique(sub_folds)]
+        faithfulness[method] = summarise_curves({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+    randomised = {int(f): randomised_copy(m, seed + int(f)) for f, m in models.items()}
+    random_maps = _explain_by_fold(get_explainer(name, **params), randomised, crops[subset], sub_targets, sub_folds)
+    sanity = summarise_sanity(rank_correlation(stored.maps[subset], random_maps, masks[subset]))
+    sanity["explainer"] = name
+
+    control = train_mask_control(run_dir, epochs=control_epochs or None, seed=seed)
+    control_fold = control.fold[rows]
+    tested = control_fold >= 0
+    control_maps = _explain_by_fold(get_explainer(name, **params), control.models,
+                                    masks[tested][:, None].astype(np.float32), stored.target[tested],
+                                    control_fold[tested])
+    shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
+    long = shares_table(cells[tested], shares, "mask_control", name, "mask")
+    rows_out = compare_conditions(long, keys=["region"], reference=reference, image_test=image_test,
+                                  units=("image",), seed=seed)
+    mask_control = {
+        "accuracy": control.accuracy,
+        "explainer": name,
+        "n_cells": int(tested.sum()),
+        "rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                 for r in rows_out[["region", "condition", "reference", "effect", "cliffs_delta",
+                                    "p_value", "q_value", "n_condition", "n_reference"]].to_dict("records")],
+    }
+    return {
+        "view": stored.view,
+        "channel_attribution": attribution,
+        "faithfulness": faithfulness,
+        "sanity": sanity,
+        "mask_control": mask_control,
+        "alpha": alpha,
+        "cells": {"attribution": int(len(rows)), "faithfulness_and_sanity": int(len(subset))},
+    }
