@@ -41,7 +41,7 @@ def validation_images(data: Path, fraction: float) -> list[tuple[np.ndarray, np.
     ``epikit train-segmenter`` held out, whatever else the folder holds.
     """
     from epikit.io.annotated import dsb_samples, read_dsb_sample
-    from epikit.segmenters.maskrcnn_train import validation_names
+    from epikit.training.maskrcnn import validation_names
 
     names = validation_names([folder.name for folder in dsb_samples(data)], fraction)
     samples = [read_dsb_sample(data / name) for name in names]

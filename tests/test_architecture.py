@@ -12,11 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "epikit"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MAX_LINES = 500
-#: (importer, imported) pairs allowed to break the layer order, each with its reason.
-KNOWN_UPWARD = {
-    ("epikit.segmenters.maskrcnn_train", "epikit.analysis.segmentation_metrics"):
-        "scores its validation set; moves next to the segmentation stage",
-}
 
 
 def layer_order() -> list[tuple[str, list[str]]]:
@@ -100,16 +95,10 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
     upward = []
     for module, targets in import_graph().items():
         for target in targets:
-            if layer_of(target, layers) < layer_of(module, layers) and (module, target) not in KNOWN_UPWARD:
+            if layer_of(target, layers) < layer_of(module, layers):
                 upward.append(f"{module} ({layers[layer_of(module, layers)][0]}) imports {target} "
                               f"({layers[layer_of(target, layers)][0]})")
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
-
-
-def test_the_known_exceptions_still_exist() -> None:
-    graph = import_graph()
-    for module, target in KNOWN_UPWARD:
-        assert target in graph.get(module, set()), f"{module} no longer imports {target}: drop the exception"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

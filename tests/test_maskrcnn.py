@@ -27,13 +27,8 @@ from epikit.segmenters.maskrcnn_model import (
     load_model,
     sidecar_path,
 )
-from epikit.segmenters.maskrcnn_train import (
-    AnnotatedCrops,
-    TrainingStream,
-    resume_path,
-    train_maskrcnn,
-    validation_names,
-)
+from epikit.training.maskrcnn import resume_path, train_maskrcnn, validation_names
+from epikit.training.maskrcnn_samples import AnnotatedCrops, TrainingStream
 from epikit.segmenters.scale import diameter_from_labels
 from epikit.simulate import simulate_field
 

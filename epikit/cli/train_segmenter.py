@@ -54,7 +54,7 @@ def train_segmenter_command(
         raise ConfigError(f"segmenter {name!r} cannot be trained here; trainable: {', '.join(TRAINABLE)}")
     import torch
 
-    from epikit.segmenters.maskrcnn_train import train_maskrcnn
+    from epikit.training.maskrcnn import train_maskrcnn
 
     if threads > 0:
         torch.set_num_threads(threads)
