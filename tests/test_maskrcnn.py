@@ -27,7 +27,7 @@ from epikit.segmenters.maskrcnn_model import (
     load_model,
     sidecar_path,
 )
-from epikit.training.maskrcnn import resume_path, train_maskrcnn, validation_names
+from epikit.training.maskrcnn import resume_path, select_inference_diameter, train_maskrcnn, validation_names
 from epikit.training.maskrcnn_samples import AnnotatedCrops, TrainingStream
 from epikit.segmenters.scale import diameter_from_labels
 from epikit.simulate import simulate_field
@@ -180,6 +180,18 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(dsb_layout, tmp_p
     with pytest.raises(Exception, match="other settings"):
         torch.save({**state, "settings": {"steps": 1}}, resume_path(out))
         train_maskrcnn(out, log=messages.append, **options)
+
+
+def test_inference_size_is_chosen_on_the_held_out_images(dsb_layout):
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    chosen, record = select_inference_diameter(model, TINY, load_training_images(dsb_layout)[:2], zooms=(1.0, 1.5))
+    assert [row["zoom"] for row in record["zooms"]] == [1.0, 1.5]
+    best = max(record["zooms"], key=lambda row: row["mean_ap"])
+    assert chosen.inference_diameter == record["inference_diameter"] == TINY.nucleus_diameter * best["zoom"]
+    assert record["ids"] == ["id0", "id1"] and record["mean_ap"] == best["mean_ap"]
+    assert build_model(chosen).nucleus_diameter == chosen.inference_diameter
+    assert build_model(TINY).nucleus_diameter == TINY.nucleus_diameter
 
 
 def test_training_crops_bring_nuclei_to_the_trained_diameter(dsb_layout):

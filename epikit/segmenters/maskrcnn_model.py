@@ -66,6 +66,7 @@ class ModelConfig:
     box_batch_size_per_image: int = 128
     max_detections: int = 500
     nucleus_diameter: float | None = 20.0
+    inference_diameter: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -188,7 +189,7 @@ def build_model(config: ModelConfig | None = None) -> MaskRCNN:
         min_size=256, max_size=4096, image_mean=[0.0], image_std=[1.0], size_divisible=32
     )
     # Inference resamples fields to this nucleus size (see epikit.segmenters.maskrcnn).
-    model.nucleus_diameter = config.nucleus_diameter
+    model.nucleus_diameter = config.inference_diameter or config.nucleus_diameter
     return model
 
 
