@@ -36,9 +36,7 @@ def _defaults() -> dict[str, Any]:
     config: dict[str, Any] = {"seed": 0, "input": "", "channels": [], "skip_bad": False,
                               "demo": option_values(DemoOptions())}
     for stage, options in STAGE_OPTIONS.items():
-        config[stage] = option_values(options())
-        if stage in PLUGIN_STAGES:
-            config[stage][PARAMS_KEY] = {}
+        config[stage] = option_values(options())  # a plugin stage's includes PARAMS_KEY
     return config
 
 

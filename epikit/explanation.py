@@ -6,6 +6,9 @@ memorised about its own training cells. By default only correctly classified cel
 explained (as in the study); ``cells="misclassified"`` or ``"all"`` change that, and
 ``max_cells`` caps the number per condition (a seeded random subset).
 
+:func:`run` is the stage (the pipeline and ``epikit explain`` call it with
+:class:`~epikit.options.ExplainOptions`); :func:`explain_run` does the work.
+
 Output: ``maps.zarr`` (format: :mod:`epikit.runfolder.maps`), one group per trained view.
 Cells are explained in chunks per fold model (resumable, optionally on Dask workers), with a
 progress bar.
@@ -342,6 +345,19 @@ def explain_run(
     }
     update_metrics(run_dir, "explanation", summary)
     return summary
+
+
+def run(
+    run_dir: str | Path,
+    options: ExplainOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The explain stage: :func:`explain_run` with ``options`` (``max_cells`` 0: every cell)."""
+    return explain_run(run_dir, options.explainer, options.params, cells=options.cells,
+                       max_cells=options.max_cells or None, target=options.target, views=options.views,
+                       seed=options.seed, progress=progress, device=options.device, executor=executor)
 
 
 def _wanted_views(views: Sequence[str] | str | None, trained: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """The extract stage: images + label images -> ``crops.zarr`` + ``cells.parquet``.
 
-:func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.nuclei.crops`),
+:func:`run` is the stage (the pipeline and ``epikit extract`` call it with
+:class:`~epikit.options.ExtractOptions`); :func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.nuclei.crops`),
 measures its features on the raw image (see :mod:`epikit.nuclei.features`) and writes
 
 * ``OUT/crops.zarr``: arrays ``crops (N, C, S, S)`` (float16, float32 without normalisation)
@@ -59,8 +60,9 @@ from epikit.io import (
     read_image,
     read_labels,
 )
+from epikit.options import ExtractOptions, option_values
 from epikit.runfolder.crop_writer import CropWriter
-from epikit.runfolder.layout import CELLS, EXTRACT_SCRATCH
+from epikit.runfolder.layout import CELLS, EXTRACT_SCRATCH, MASKS
 from epikit.runfolder.metrics import update_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,6 +248,22 @@ def extract_cells(
     _warn_about(summary, job.masks_dir)
     update_metrics(out_dir, "extraction", summary)
     return summary
+
+
+def run(
+    run_dir: str | os.PathLike[str],
+    options: ExtractOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The extract stage: :func:`extract_cells` of ``options.images`` into ``run_dir``.
+
+    Label images come from ``options.masks``, by default the run folder's ``masks/``.
+    """
+    masks = Path(options.masks) if options.masks is not None else Path(run_dir) / MASKS
+    return extract_cells(options.images, masks, run_dir, features=options.features,
+                         progress=progress, executor=executor, **option_values(options))
 
 
 def _extract_all(todo: list[ImageRecord], job: _Job, work: CropWriter, crops_array: Any, masks_array: Any,

@@ -2,7 +2,7 @@
 
 The run-folder contract (``DESIGN.md``, README "The run folder")::
 
-    manifest.json  config.toml  masks/  segmentation.csv  cells.parquet  crops.zarr
+    manifest.json  config.toml  masks/  segmentation.csv/.json  cells.parquet  crops.zarr
     model/  maps.zarr  biomarkers.csv  metrics.json  report.html  figures/
     .epikit/       stages.json and the resume scratch of each stage
     demo_input/    the simulated input of a demo run
@@ -16,6 +16,8 @@ MANIFEST = "manifest.json"
 CONFIG = "config.toml"
 MASKS = "masks"
 SEGMENTATION_TABLE = "segmentation.csv"
+#: The settings the masks were made with (so a resumed segmentation never mixes settings).
+SEGMENTATION_RECORD = "segmentation.json"
 CELLS = "cells.parquet"
 CROPS = "crops.zarr"
 MODEL = "model"
@@ -40,7 +42,7 @@ EXPLAIN_SCRATCH = STATE_DIR / "explain"
 
 #: What each stage writes (removed when ``epikit run`` invalidates the stage).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "segment": (MASKS, SEGMENTATION_TABLE),
+    "segment": (MASKS, SEGMENTATION_TABLE, SEGMENTATION_RECORD),
     "extract": (CROPS, CELLS, EXTRACT_SCRATCH.as_posix()),
     "train": (MODEL,),
     "explain": (MAPS,),

@@ -1,6 +1,7 @@
 """The train stage: cross-validate a classifier on a run folder's cells, for each view.
 
-:func:`train_run` reads ``cells.parquet`` / ``crops.zarr`` (:class:`~epikit.runfolder.cells.CellDataset`),
+:func:`run` is the stage (the pipeline and ``epikit train`` call it with
+:class:`~epikit.options.TrainOptions`); :func:`train_run` reads ``cells.parquet`` / ``crops.zarr`` (:class:`~epikit.runfolder.cells.CellDataset`),
 trains each view (:func:`~epikit.training.cross_validation.cross_validate`), and writes
 ``model/fold_<k>.pt`` (``model/<view>/`` for several views), ``model/training.json``, the
 prediction columns of ``cells.parquet`` and ``metrics.json["classification"]``.
@@ -9,6 +10,7 @@ prediction columns of ``cells.parquet`` and ``metrics.json["classification"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from collections.abc import Sequence
@@ -28,6 +30,10 @@ from epikit.options import TrainingOptions, TrainOptions
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from epikit.distributed import Executor
+
+#: Keys of ``TrainOptions.params`` that go to the training loop, not to the classifier.
+LOOP_KEYS = frozenset(f.name for f in dataclasses.fields(TrainingOptions)) | {"recipe"}
 ALL_CHANNELS = "all"
 PREDICTION_COLUMNS = ("fold", "split", "prediction", "probability", "correct")
 
@@ -226,3 +232,23 @@ def train_run(
     update_metrics(run_dir, "classification", summary)
     shutil.rmtree(run_dir / layout.TRAIN_SCRATCH, ignore_errors=True)
     return summary
+
+
+def run(
+    run_dir: str | Path,
+    options: TrainOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The train stage: :func:`train_run` with ``options``; training stays in this process.
+
+    Keys of ``options.params`` naming a :data:`LOOP_KEYS` entry go to the training loop,
+    the rest to the classifier. ``executor`` is accepted for the common stage shape.
+    """
+    loop = {key: value for key, value in options.params.items() if key in LOOP_KEYS}
+    params = {key: value for key, value in options.params.items() if key not in LOOP_KEYS}
+    return train_run(run_dir, options.classifier, params, views=options.views, split=options.split,
+                     folds=options.folds, device=options.device,
+                     **{"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr,
+                        "seed": options.seed, "progress": progress, **loop})
