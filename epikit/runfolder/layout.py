@@ -33,19 +33,15 @@ DEMO_INPUT = "demo_input"
 STATE_DIR = Path(".epikit")
 #: Stage fingerprints of ``epikit run``.
 STAGES_FILE = STATE_DIR / "stages.json"
-#: Working store of an unfinished extraction.
-EXTRACT_SCRATCH = STATE_DIR / "extract"
-#: Finished folds of an unfinished training, one folder per view.
-TRAIN_SCRATCH = STATE_DIR / "train_folds"
-#: Finished chunks of an unfinished explanation, one folder per settings hash.
-EXPLAIN_SCRATCH = STATE_DIR / "explain"
+#: The resumable work scratch, one folder per stage and settings key (epikit.runfolder.scratch).
+SCRATCH_DIR = STATE_DIR / "scratch"
 
-#: What each stage writes (removed when ``epikit run`` invalidates the stage).
+#: What each stage writes, its scratch included (removed when ``epikit run`` invalidates the stage).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "segment": (MASKS, SEGMENTATION_TABLE, SEGMENTATION_RECORD),
-    "extract": (CROPS, CELLS, EXTRACT_SCRATCH.as_posix()),
-    "train": (MODEL,),
-    "explain": (MAPS,),
+    "extract": (CROPS, CELLS, (SCRATCH_DIR / "extract").as_posix()),
+    "train": (MODEL, (SCRATCH_DIR / "train").as_posix()),
+    "explain": (MAPS, (SCRATCH_DIR / "explain").as_posix()),
     "biomarkers": (BIOMARKERS,),
     "report": (REPORT, FIGURES),
 }

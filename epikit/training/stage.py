@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epikit.config import section_hash
 from epikit.device import available_memory
 from epikit.errors import ConfigError, DataError
 from epikit.runfolder import layout
 from epikit.runfolder.rows import cell_rows
+from epikit.runfolder.scratch import Scratch
 from epikit.training.cross_validation import CrossValidation, cross_validate
 from epikit.training.fit import TrainedModel
+from epikit.training.fold_store import training_settings
 from epikit.options import TrainingOptions, TrainOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -173,7 +175,7 @@ def train_run(
     ``training.json``), the prediction columns of ``cells.parquet`` and
     ``metrics.json["classification"]``, which it returns. With several views the first
     view's metrics are also the top-level ones and every view's sit under ``views``.
-    Finished folds wait in ``.epikit/train_folds/`` until all are done, so an interrupted
+    Finished folds wait in the train :class:`~epikit.runfolder.scratch.Scratch` until all are done, so an interrupted
     call, run again with the same settings, trains only the folds it had not finished.
     """
     import torch
@@ -191,6 +193,10 @@ def train_run(
         raise DataError(f"{run_dir / layout.CELLS} has no cells: nothing to train on")
     crops = load_all_crops(dataset)
     table = dataset.table
+    # Finished folds wait in the scratch of these settings (each fold file also keys its data).
+    scratch = Scratch(run_dir, "train", section_hash(
+        training_settings(classifier, params, split, folds, options), resolved))
+    scratch.open()
     image_ids = table["image_id"].to_numpy() if "image_id" in table else None
     results: dict[str, CrossValidation] = {}
     for view, channel_index in resolved.items():
@@ -200,7 +206,7 @@ def train_run(
             dataset.classes, classifier, params, split=split, folds=folds, options=options,
             image_ids=image_ids, table=table, device=device,
             description=view if len(resolved) > 1 else "",
-            resume_dir=run_dir / layout.TRAIN_SCRATCH / view,
+            resume_dir=scratch.path / view,
         )
 
     several = len(resolved) > 1
@@ -230,7 +236,7 @@ def train_run(
     if several:
         summary["views"] = {view: cv.metrics for view, cv in results.items()}
     update_metrics(run_dir, "classification", summary)
-    shutil.rmtree(run_dir / layout.TRAIN_SCRATCH, ignore_errors=True)
+    scratch.remove()
     return summary
 
 
