@@ -206,8 +206,8 @@ def run(
     settings = segmentation_settings(options)
     previous = read_json(run_dir / layout.SEGMENTATION_RECORD, default=None)
     if previous is not None and not options.overwrite and previous.get("settings") != settings:
-        raise ConfigError(f"{run_dir} holds masks made with {previous.get('settings')}; pass "
-                          "--overwrite to replace them or choose another output folder")
+        raise ConfigError(f"{run_dir} holds masks made with {previous.get('settings')}; overwrite "
+                          "them (--overwrite) or choose another output folder")
     table = segment_images(options.images, spec, run_dir, nuclear_channel=options.nuclear_channel,
                            skip_existing=not options.overwrite, progress=progress, executor=executor)
     write_csv(table, run_dir / layout.SEGMENTATION_TABLE)
