@@ -1,6 +1,7 @@
 """The biomarkers stage: shell statistics of maps and images, with trust checks, -> ``biomarkers.csv``.
 
-:func:`biomarker_run` reads the run folder (cells, crops, masks, ``maps.zarr``), computes the
+:func:`run` is the stage (the pipeline and ``epikit biomarkers`` call it with
+:class:`~epikit.options.BiomarkerOptions`); :func:`biomarker_run` reads the run folder (cells, crops, masks, ``maps.zarr``), computes the
 shell shares and their statistics (:mod:`epikit.analysis.biomarkers`) and, with
 :func:`trust_checks`, the checks of :mod:`epikit.analysis.trust` for the primary view's maps
 (channel attribution, faithfulness, randomisation sanity, and a mask-only control model
@@ -55,6 +56,8 @@ from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
+
+    from epikit.distributed import Executor
 
 
 def biomarker_run(
@@ -140,6 +143,20 @@ def biomarker_run(
     texts = [f["text"] + (f" [{'; '.join(f['trust']['flags'])}]" if f.get("trust", {}).get("flags") else "")
              for f in findings]
     return {k: v for k, v in summary.items() if k != "profiles"} | {"findings": texts}
+
+
+def run(
+    run_dir: str | Path,
+    options: BiomarkerOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The biomarkers stage: :func:`biomarker_run` with ``options`` (in this process, no progress bar)."""
+    return biomarker_run(run_dir, reference=options.reference, trust=options.trust, seed=options.seed,
+                         alpha=options.alpha, image_test=options.image_test,
+                         shell_method=options.shell_method, trust_cells=options.trust_cells,
+                         control_epochs=options.control_epochs)
 
 
 def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:

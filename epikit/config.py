@@ -36,9 +36,7 @@ def _defaults() -> dict[str, Any]:
     config: dict[str, Any] = {"seed": 0, "input": "", "channels": [], "skip_bad": False,
                               "demo": option_values(DemoOptions())}
     for stage, options in STAGE_OPTIONS.items():
-        config[stage] = option_values(options())
-        if stage in PLUGIN_STAGES:
-            config[stage][PARAMS_KEY] = {}
+        config[stage] = option_values(options())  # a plugin stage's includes PARAMS_KEY
     return config
 
 
@@ -146,7 +144,20 @@ def dump_config(config: dict[str, Any]) -> str:
         "\n".join(lines).lstrip("\n") + "\n"
 
 
+def _hashable(value: Any) -> Any:
+    """JSON stand-in for a value JSON cannot hold: an array by its shape, dtype and bytes, else its str."""
+    if getattr(value, "ndim", 0) > 0 and hasattr(value, "tobytes") and hasattr(value, "dtype"):
+        return {"shape": list(value.shape), "dtype": str(value.dtype),
+                "sha256": hashlib.sha256(value.tobytes()).hexdigest()}
+    return str(value)
+
+
 def section_hash(*parts: Any) -> str:
-    """A stable short hash of JSON-serialisable parts (stage options + upstream hashes)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
+    """The one settings hash: a stable short hash of JSON-serialisable parts and arrays.
+
+    Stage fingerprints (options + upstream hashes), the demo input's and every resume
+    scratch key (:mod:`epikit.runfolder.scratch`, finished folds) are made by it. Arrays
+    (NumPy, or anything with ``shape``, ``dtype`` and ``tobytes``) count by content.
+    """
+    text = json.dumps(parts, sort_keys=True, default=_hashable)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -6,6 +6,9 @@ memorised about its own training cells. By default only correctly classified cel
 explained (as in the study); ``cells="misclassified"`` or ``"all"`` change that, and
 ``max_cells`` caps the number per condition (a seeded random subset).
 
+:func:`run` is the stage (the pipeline and ``epikit explain`` call it with
+:class:`~epikit.options.ExplainOptions`); :func:`explain_run` does the work.
+
 Output: ``maps.zarr`` (format: :mod:`epikit.runfolder.maps`), one group per trained view.
 Cells are explained in chunks per fold model (resumable, optionally on Dask workers), with a
 progress bar.
@@ -24,11 +27,13 @@ import pandas as pd
 
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.analysis.fold_maps import merge_info
+from epikit.config import section_hash
 from epikit.errors import ConfigError, DataError
 from epikit.interfaces import optional_attribute
 from epikit.options import ExplainOptions
 from epikit.runfolder import layout
 from epikit.runfolder.maps import ViewMaps, write_maps
+from epikit.runfolder.scratch import Scratch
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.distributed import Executor
@@ -188,25 +193,6 @@ def _chunk_tasks(view: str, rows: np.ndarray, folds: np.ndarray, targets: np.nda
     return tasks
 
 
-def _scratch_dir(run_dir: Path, fingerprint: Any) -> Path:
-    """``RUN/.epikit/explain/<hash of the settings>``: finished chunks of an unfinished run.
-
-    Folders of other settings are removed: their maps can never be reused.
-    """
-    import shutil
-
-    from epikit.config import section_hash
-
-    key = section_hash(fingerprint)
-    base = (run_dir / layout.EXPLAIN_SCRATCH).absolute()
-    if base.is_dir():
-        for old in base.iterdir():
-            if old.name != key:
-                shutil.rmtree(old, ignore_errors=True)
-    (base / key).mkdir(parents=True, exist_ok=True)
-    return base / key
-
-
 def explain_run(
     run_dir: str | Path,
     explainer: str = ExplainOptions.explainer,
@@ -233,12 +219,11 @@ def explain_run(
     explainer details.
 
     The cells are explained in chunks of up to ``chunk`` cells of one fold. A finished chunk
-    is kept under ``RUN/.epikit/explain/`` until ``maps.zarr`` is written, so an interrupted
+    is kept in the explain :class:`~epikit.runfolder.scratch.Scratch` until ``maps.zarr`` is written, so an interrupted
     run resumes with the chunks it had not finished. ``executor`` (see
     :func:`epikit.distributed.get_executor`; default: this process) runs the chunks in
     parallel, each worker loading the fold models and the explainer once; the maps are the same.
     """
-    import shutil
 
     from epikit.distributed import InProcessExecutor
     from epikit.registry import get_entry, get_explainer
@@ -264,7 +249,11 @@ def explain_run(
         plans[view] = (rows, folds, targets)
         tasks += _chunk_tasks(view, rows, folds, targets, trained["views"][view]["channels"], chunk)
     stamp = _stamp(run_dir)
-    scratch = _scratch_dir(run_dir, [explainer, params, stamp, [(t.name, t.rows, t.targets) for t in tasks]])
+    # Finished chunks wait in the scratch of these settings (others' chunks are removed).
+    work = Scratch(run_dir, "explain", section_hash([explainer, params, stamp,
+                                                     [(t.name, t.rows, t.targets) for t in tasks]]))
+    work.open()
+    scratch = work.path
     finished = {t.name for t in tasks if (scratch / f"{t.name}.npy").is_file()}
     todo = [t for t in tasks if t.name not in finished]
     executor = executor or InProcessExecutor()
@@ -316,7 +305,7 @@ def explain_run(
     averages = {r.view: _averages(CellDataset(run_dir, channels=r.attrs["channel_names"]), r)
                 for r in results} if average else {}
     write_maps(run_dir / layout.MAPS, results, averages)
-    shutil.rmtree(scratch, ignore_errors=True)
+    work.remove()
     explained = sum(len(t.rows) for t in todo)
     summary = {
         "explainer": explainer,
@@ -342,6 +331,19 @@ def explain_run(
     }
     update_metrics(run_dir, "explanation", summary)
     return summary
+
+
+def run(
+    run_dir: str | Path,
+    options: ExplainOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The explain stage: :func:`explain_run` with ``options`` (``max_cells`` 0: every cell)."""
+    return explain_run(run_dir, options.explainer, options.params, cells=options.cells,
+                       max_cells=options.max_cells or None, target=options.target, views=options.views,
+                       seed=options.seed, progress=progress, device=options.device, executor=executor)
 
 
 def _wanted_views(views: Sequence[str] | str | None, trained: list[str]) -> list[str]:

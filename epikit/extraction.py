@@ -1,6 +1,7 @@
 """The extract stage: images + label images -> ``crops.zarr`` + ``cells.parquet``.
 
-:func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.nuclei.crops`),
+:func:`run` is the stage (the pipeline and ``epikit extract`` call it with
+:class:`~epikit.options.ExtractOptions`); :func:`extract_cells` cuts every nucleus out of every image (see :mod:`epikit.nuclei.crops`),
 measures its features on the raw image (see :mod:`epikit.nuclei.features`) and writes
 
 * ``OUT/crops.zarr``: arrays ``crops (N, C, S, S)`` (float16, float32 without normalisation)
@@ -14,7 +15,7 @@ measures its features on the raw image (see :mod:`epikit.nuclei.features`) and w
 
 Resumable, with bounded memory: one image is read at a time, and its crops are computed and
 written a batch of whole chunks (at most :data:`BATCH_BYTES`) at a time into a working store
-under ``OUT/.epikit/extract/``. After each image, its table rows go to a part file and then a
+in the extract :class:`~epikit.runfolder.scratch.Scratch` (``OUT/.epikit/scratch/extract/<settings key>/``). After each image, its table rows go to a part file and then a
 line appended to ``progress.jsonl`` records the image as done (the commit point). An interrupted run therefore
 never counts a half-written image: on restart the arrays are cut back to the committed cells
 and extraction continues with the next image. When every image is done, ``cells.parquet`` is
@@ -59,14 +60,17 @@ from epikit.io import (
     read_image,
     read_labels,
 )
-from epikit.runfolder.crop_writer import CropWriter
-from epikit.runfolder.layout import CELLS, EXTRACT_SCRATCH
+from epikit.config import section_hash
+from epikit.options import ExtractOptions, option_values
+from epikit.runfolder.crop_writer import STATE_VERSION, CropWriter
+from epikit.runfolder.layout import CELLS, MASKS
+from epikit.runfolder.scratch import Scratch
 from epikit.runfolder.metrics import update_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.distributed import Executor
 
-#: Under EXTRACT_SCRATCH: per-image part folders written by workers, removed once committed.
+#: In the extract scratch: per-image part folders written by workers, removed once committed.
 PENDING_DIR = "pending"
 #: Most float32 crop bytes computed and written at once (whole chunks, at least one).
 BATCH_BYTES = 8 * 1024 * 1024
@@ -183,7 +187,7 @@ def extract_cells(
 
     ``executor`` (see :func:`epikit.distributed.get_executor`; default: this process) extracts
     images in parallel: each worker writes its image's crops into its own part folder under
-    ``OUT/.epikit/extract/pending/`` and returns the table rows; this process copies the crops
+    ``pending/`` of the extract scratch and returns the table rows; this process copies the crops
     into the store and commits images in input order, so the outputs are identical to an
     in-process run and an interrupted run resumes the same way.
 
@@ -207,10 +211,11 @@ def extract_cells(
     out_dir = Path(out_dir)
     fingerprints = {r.image_id: _fingerprint(r, _labels_file(r, job.masks_dir)) for r in records}
 
-    work = CropWriter(out_dir, job.config())
-    reason = work.load(fingerprints)
+    scratch = Scratch(out_dir, "extract", section_hash(STATE_VERSION, job.config()))
+    work = CropWriter(out_dir, job.config(), scratch.path)
+    reason = "settings changed" if scratch.open() else work.load(fingerprints)
     if reason:
-        warnings.warn(f"{out_dir / EXTRACT_SCRATCH}: earlier extraction discarded ({reason}); starting again",
+        warnings.warn(f"{scratch.root}: earlier extraction discarded ({reason}); starting again",
                       stacklevel=2)
     todo = [r for r in records if r.image_id not in work.done]
     if not todo and work.finalised and (out_dir / CELLS).exists():
@@ -246,6 +251,22 @@ def extract_cells(
     _warn_about(summary, job.masks_dir)
     update_metrics(out_dir, "extraction", summary)
     return summary
+
+
+def run(
+    run_dir: str | os.PathLike[str],
+    options: ExtractOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The extract stage: :func:`extract_cells` of ``options.images`` into ``run_dir``.
+
+    Label images come from ``options.masks``, by default the run folder's ``masks/``.
+    """
+    masks = Path(options.masks) if options.masks is not None else Path(run_dir) / MASKS
+    return extract_cells(options.images, masks, run_dir, features=options.features,
+                         progress=progress, executor=executor, **option_values(options))
 
 
 def _extract_all(todo: list[ImageRecord], job: _Job, work: CropWriter, crops_array: Any, masks_array: Any,

@@ -17,6 +17,7 @@ This module must stay import-light (no torch at import time): plugins import it 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
 
@@ -48,9 +49,18 @@ OPTIONAL_ATTRIBUTES: dict[Kind, dict[str, str]] = {
     },
 }
 
-#: The classifier parameter that only chooses initial weights (e.g. ImageNet); left out when
-#: a saved model is rebuilt, so rebuilding never needs those weights.
-INITIAL_WEIGHTS_PARAMETER = "pretrained"
+#: Keyword a classifier factory may accept (``initial_weights: bool = True``): the host passes
+#: ``False`` when it rebuilds a saved model, whose state dict replaces the initial weights, so
+#: the factory skips whatever its own parameters chose (e.g. ``pretrained=`` ImageNet weights).
+INITIAL_WEIGHTS_KEYWORD = "initial_weights"
+
+
+def accepts_initial_weights(factory: Callable[..., Any]) -> bool:
+    """Whether a classifier ``factory`` takes :data:`INITIAL_WEIGHTS_KEYWORD` by name."""
+    try:
+        return INITIAL_WEIGHTS_KEYWORD in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        return False
 
 
 def optional_attribute(plugin: Any, kind: Kind, name: str, default: Any = None) -> Any:
@@ -85,9 +95,11 @@ class ClassifierFactory(Protocol):
     """Builds a classifier network; the module names its CAM layer in ``cam_layer``.
 
     The parameters are the user's ``-p key=value`` options. To rebuild a saved model the
-    host calls the factory with the parameters recorded at training time except
-    :data:`INITIAL_WEIGHTS_PARAMETER` (the saved weights replace initial ones), then loads the
-    saved state dict.
+    host calls the factory with the parameters recorded at training time, plus
+    ``initial_weights=False`` when the factory accepts :data:`INITIAL_WEIGHTS_KEYWORD`, then
+    loads the saved state dict. A factory whose parameters load initial weights (a file, a
+    download) should accept it and skip loading them then, so a saved model is rebuilt
+    without those weights; the factory alone knows which of its parameters choose them.
     """
 
     def __call__(

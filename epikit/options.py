@@ -10,10 +10,17 @@ from them, and ``tests/test_options.py`` checks that nothing else restates a def
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from epikit.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from epikit.io import ImageRecord
+
+#: Field metadata of an option that is not in the stage's config table: it is set per run by
+#: the caller (the pipeline from the run's inputs and seed, or a CLI flag), not by ``config.toml``.
+PER_RUN = "per_run"
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "exponential")
@@ -109,17 +116,40 @@ class DemoOptions:
     effect_size: float = 0.5
 
 
+def per_run(default: Any = None, *, factory: Any = None) -> Any:
+    """A per-run option field (see :data:`PER_RUN`): not in the config table, not in fingerprints."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={PER_RUN: True})
+    return field(default=default, metadata={PER_RUN: True})
+
+
+def plugin_params() -> Any:
+    """The ``params`` field of a plugin stage: keyword parameters of its plugin's factory."""
+    return field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
-    """The segment stage: which segmenter, and the channel it segments."""
+    """The segment stage: which segmenter, and the channel it segments.
+
+    Per run: ``images`` (the discovered input) and ``overwrite`` (segment again where a mask
+    made with other settings exists, instead of refusing).
+    """
 
     segmenter: str = "maskrcnn"
-    nuclear_channel: int = 0
+    nuclear_channel: int | str = 0
+    params: dict[str, Any] = plugin_params()
+    images: tuple[ImageRecord, ...] = per_run(())
+    overwrite: bool = per_run(False)
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`)."""
+    """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`).
+
+    Per run: ``images`` (the discovered input), ``masks`` (their label images; None: the run
+    folder's ``masks/``) and ``features`` (measure per-cell features).
+    """
 
     crop_size: int = 64
     keep_context: bool = False
@@ -128,11 +158,18 @@ class ExtractOptions:
     normalise: str = "image"
     min_area: int = 30
     max_area: int = 0
+    images: tuple[ImageRecord, ...] = per_run(())
+    masks: str | None = per_run(None)
+    features: bool = per_run(True)
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """The train stage: classifier, split and views; epochs, batch size and rate from :class:`TrainingOptions`."""
+    """The train stage: classifier, split and views; epochs, batch size and rate from :class:`TrainingOptions`.
+
+    ``params`` go to the classifier, except keys naming a :class:`TrainingOptions` field (or
+    ``recipe``), which go to the training loop. Per run: ``seed`` and ``device``.
+    """
 
     classifier: str = "resnet10"
     folds: int = 5
@@ -141,26 +178,44 @@ class TrainOptions:
     batch_size: int = TrainingOptions.batch_size
     lr: float = TrainingOptions.lr
     views: tuple[str, ...] = ("all",)
+    params: dict[str, Any] = plugin_params()
+    seed: int = per_run(0)
+    device: str | None = per_run(None)
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """The explain stage: which explainer, which cells (at most ``max_cells`` per condition), which class."""
+    """The explain stage: which explainer, which cells (at most ``max_cells`` per condition, 0: all), which class.
+
+    Per run: ``seed`` (of the cell choice), ``views`` (None: every trained view) and ``device``.
+    """
 
     explainer: str = "scorecam"
     cells: str = "correct"
     max_cells: int = 60
     target: str = "predicted"
+    params: dict[str, Any] = plugin_params()
+    seed: int = per_run(0)
+    views: tuple[str, ...] | None = per_run(None)
+    device: str | None = per_run(None)
 
 
 @dataclass(frozen=True)
 class BiomarkerOptions:
-    """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes."""
+    """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes.
+
+    Per run: ``seed``, the finding threshold ``alpha``, the image-level test and the shell
+    definition (see :func:`epikit.biomarker_stage.biomarker_run`).
+    """
 
     reference: str = ""
     trust: bool = True
     trust_cells: int = 24
     control_epochs: int = 6
+    seed: int = per_run(0)
+    alpha: float = per_run(0.05)
+    image_test: str = per_run("permutation")
+    shell_method: str = per_run("scaled")
 
 
 @dataclass(frozen=True)
@@ -181,7 +236,18 @@ STAGE_OPTIONS: dict[str, type] = {
 }
 
 
+def table_fields(options: type | Any) -> list[dataclasses.Field[Any]]:
+    """The fields of an options dataclass that its config table holds (per-run fields left out)."""
+    return [f for f in dataclasses.fields(options) if not f.metadata.get(PER_RUN)]
+
+
 def option_values(options: Any) -> dict[str, Any]:
-    """An options dataclass as a plain dict (tuples as lists, as TOML and JSON hold them)."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(options).items()}
+    """An options dataclass's config table as a plain dict (tuples as lists, as TOML and JSON hold them)."""
+    return {f.name: list(value) if isinstance(value := getattr(options, f.name), tuple) else value
+            for f in table_fields(options)}
+
+
+def options_from_table(options: type, table: dict[str, Any], **per_run_values: Any) -> Any:
+    """Build ``options`` from its config table (lists back to tuples) plus per-run values."""
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in table.items()}
+    return options(**values, **per_run_values)

@@ -11,21 +11,22 @@ stage after it. ``force=True`` redoes everything.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epikit.config import PLUGIN_STAGES, STAGES, dump_config, section_hash
 from epikit.errors import ConfigError
-from epikit.interfaces import optional_attribute
 from epikit.io import find_images, read_json, sha256_file, write_json
-from epikit.io.discover import ImageRecord, SkippedFile
+from epikit.io.discover import ImageRecord
 from epikit.io.store import atomic_path
+from epikit.options import STAGE_OPTIONS, options_from_table
 from epikit.runfolder import layout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,102 +37,30 @@ DEMO_INPUT = layout.DEMO_INPUT
 STAGE_OUTPUTS = layout.STAGE_OUTPUTS
 
 
-@dataclass
-class RunContext:
-    """Everything a stage needs: the run folder, the configuration and the inputs."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    records: list[ImageRecord]
-    skipped: list[SkippedFile]
-    progress: bool = True
-    #: Where per-image and per-chunk work runs (None: this process); see epikit.distributed.
-    executor: Executor | None = None
-
-    @property
-    def masks_dir(self) -> Path:
-        """Where the segment stage writes label images."""
-        return self.run_dir / layout.MASKS
-
-
-def _stage_segment(ctx: RunContext) -> dict[str, Any]:
-    from epikit.distributed import PluginSpec
-    from epikit.io import write_csv
-    from epikit.runfolder.metrics import update_metrics
-    from epikit.segmentation import segment_images, summarise_counts
-
-    options = ctx.config["segment"]
-    # By name and parameters: workers build it themselves, once each (here: built once, cached).
-    spec = PluginSpec("segmenter", options["segmenter"], options["params"])
-    segmenter = spec.build()
-    table = segment_images(ctx.records, spec, ctx.run_dir, nuclear_channel=options["nuclear_channel"],
-                           progress=ctx.progress, executor=ctx.executor)
-    write_csv(table, ctx.run_dir / layout.SEGMENTATION_TABLE)
-    summary = summarise_counts(table)
-    weights = optional_attribute(segmenter, "segmenter", "weights_info")
-    if weights:
-        summary["weights"] = weights
-    update_metrics(ctx.run_dir, "segmentation", summary)
-    return summary
-
-
-def _stage_extract(ctx: RunContext) -> dict[str, Any]:
-    from epikit.extraction import extract_cells
-
-    options = dict(ctx.config["extract"])
-    return extract_cells(ctx.records, ctx.masks_dir, ctx.run_dir, progress=ctx.progress,
-                         executor=ctx.executor, **options)
-
-
-def _stage_train(ctx: RunContext) -> dict[str, Any]:
-    from dataclasses import fields
-
-    from epikit.options import TrainingOptions
-    from epikit.training.stage import train_run
-
-    options = dict(ctx.config["train"])
-    # Plugin-stage keys land in params; those naming a training option belong to the loop.
-    loop_keys = {f.name for f in fields(TrainingOptions)} | {"recipe"}
-    params = {k: v for k, v in options.pop("params").items() if k not in loop_keys}
-    options.update({k: v for k, v in ctx.config["train"]["params"].items() if k in loop_keys})
-    return train_run(ctx.run_dir, seed=ctx.config["seed"], params=params,
-                     progress=ctx.progress, **options)
-
-
-def _stage_explain(ctx: RunContext) -> dict[str, Any]:
-    from epikit.explanation import explain_run
-
-    options = dict(ctx.config["explain"])
-    params = options.pop("params")
-    return explain_run(ctx.run_dir, seed=ctx.config["seed"], params=params,
-                       progress=ctx.progress, executor=ctx.executor, **options)
-
-
-def _stage_biomarkers(ctx: RunContext) -> dict[str, Any]:
-    from epikit.biomarker_stage import biomarker_run
-
-    options = ctx.config["biomarkers"]
-    return biomarker_run(ctx.run_dir, reference=options["reference"], trust=options["trust"],
-                         seed=ctx.config["seed"], trust_cells=options["trust_cells"],
-                         control_epochs=options["control_epochs"])
-
-
-def _stage_report(ctx: RunContext) -> dict[str, Any]:
-    from epikit.report import build_report
-
-    if not ctx.config["report"]["enabled"]:
-        return {"skipped": True}
-    return {"path": str(build_report(ctx.run_dir))}
-
-
-STAGE_RUNNERS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
-    "segment": _stage_segment,
-    "extract": _stage_extract,
-    "train": _stage_train,
-    "explain": _stage_explain,
-    "biomarkers": _stage_biomarkers,
-    "report": _stage_report,
+#: The module of each stage; each has ``run(run_dir, options, *, executor, progress)``.
+STAGE_MODULES: dict[str, str] = {
+    "segment": "epikit.segmentation",
+    "extract": "epikit.extraction",
+    "train": "epikit.training.stage",
+    "explain": "epikit.explanation",
+    "biomarkers": "epikit.biomarker_stage",
+    "report": "epikit.report",
 }
+
+
+def stage_options(stage: str, config: dict[str, Any], records: Sequence[ImageRecord]) -> Any:
+    """The options dataclass of ``stage``: its config table, plus the run's seed and images where it takes them."""
+    options = STAGE_OPTIONS[stage]
+    available = {"seed": config["seed"], "images": tuple(records)}
+    per_run = {f.name: available[f.name] for f in dataclasses.fields(options) if f.name in available}
+    return options_from_table(options, config[stage], **per_run)
+
+
+def run_stage(stage: str, run_dir: Path, options: Any, *, executor: Executor | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run one stage's ``run`` function (its module is imported only now); return its summary."""
+    module = importlib.import_module(STAGE_MODULES[stage])
+    return module.run(run_dir, options, executor=executor, progress=progress)
 
 
 def _simulate_demo(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -224,7 +153,6 @@ def run_pipeline(
     inputs = [{"path": str(r.path), "condition": r.condition, "group": r.group,
                "sha256": sha256_file(r.path)} for r in records]
     (run_dir / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
-    ctx = RunContext(run_dir, config, records, skipped, progress, executor)
 
     # What the outputs depend on: each image's id, labels, channels and content, not where it
     # lies, so a moved input folder or a copied run folder (with its demo input) resumes.
@@ -250,7 +178,8 @@ def run_pipeline(
             state[stage] = {"hash": fingerprint, "done": False}
             write_json(state_path, state)
             started = time.perf_counter()
-            summary = STAGE_RUNNERS[stage](ctx)
+            summary = run_stage(stage, run_dir, stage_options(stage, config, records),
+                                executor=executor, progress=progress)
             state[stage] = {"hash": fingerprint, "done": True, "summary": summary,
                             "seconds": round(time.perf_counter() - started, 3)}
             write_json(state_path, state)

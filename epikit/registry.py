@@ -108,6 +108,22 @@ def get_classifier(
     return build("classifier", name, in_channels, num_classes, crop_size, **params)
 
 
+def rebuild_classifier(
+    name: str, in_channels: int, num_classes: int, crop_size: int, **params: Any
+) -> Any:
+    """Build classifier ``name`` to load saved weights into: its initial weights are not loaded.
+
+    ``params`` are those recorded at training time; a factory that accepts
+    :data:`epikit.interfaces.INITIAL_WEIGHTS_KEYWORD` gets it as False (see
+    :class:`epikit.interfaces.ClassifierFactory`).
+    """
+    from epikit.interfaces import INITIAL_WEIGHTS_KEYWORD, accepts_initial_weights
+
+    factory = resolve_factory(get_entry("classifier", name).factory)
+    rebuild = {INITIAL_WEIGHTS_KEYWORD: False} if accepts_initial_weights(factory) else {}
+    return get_classifier(name, in_channels, num_classes, crop_size, **{**params, **rebuild})
+
+
 def get_explainer(name: str, **params: Any) -> Any:
     """Build the explainer ``name`` with ``params`` (see :class:`epikit.interfaces.Explainer`)."""
     return build("explainer", name, **params)

@@ -1,6 +1,9 @@
-"""Run a segmenter over discovered images and write one label TIFF per image.
+"""The segment stage: run a segmenter over discovered images, one label TIFF per image.
 
-Used by ``epikit segment`` and by the pipeline's segmentation stage::
+:func:`run` is the stage (``epikit segment`` and the pipeline call it): it refuses to mix
+masks made with other settings (``segmentation.json`` records them), reuses the masks an
+interrupted run left, and writes ``segmentation.csv`` and ``metrics.json["segmentation"]``.
+:func:`segment_images` is the per-image loop underneath::
 
     from epikit import get_segmenter
     from epikit.io import discover_images
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from epikit.errors import ConfigError, ModelError
+from epikit.options import SegmentOptions
+from epikit.runfolder import layout
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -33,7 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from epikit.interfaces import Segmenter
     from epikit.io import ImageRecord
 
-MASKS_DIR = "masks"
 TABLE_COLUMNS = ("image_id", "condition", "group", "path", "mask", "n_nuclei",
                  "median_area", "seconds", "reused")
 
@@ -137,7 +141,7 @@ def segment_images(
     if not isinstance(segmenter, PluginSpec) and not callable(getattr(segmenter, "segment", None)):
         raise ConfigError(f"{segmenter!r} is not a segmenter (it has no segment() method)")
     executor = executor or InProcessExecutor()
-    masks_dir = Path(out_dir) / MASKS_DIR
+    masks_dir = Path(out_dir) / layout.MASKS
     shared = (segmenter, Path(os.path.abspath(masks_dir)), nuclear_channel, skip_existing)
     counts: dict[str, dict[str, Any]] = {}
     records = list(records)
@@ -165,6 +169,59 @@ def summarise_counts(table: pd.DataFrame) -> dict[str, Any]:
         "images_without_nuclei": int((table["n_nuclei"] == 0).sum()),
         "per_condition": per_condition,
     }
+
+
+def segmentation_settings(options: SegmentOptions) -> dict[str, Any]:
+    """What a run folder's masks depend on, as ``segmentation.json`` records it."""
+    return {"segmenter": options.segmenter, "params": options.params,
+            "nuclear_channel": str(options.nuclear_channel)}
+
+
+def run(
+    run_dir: str | os.PathLike[str],
+    options: SegmentOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The segment stage: segment ``options.images`` into ``run_dir/masks/``; return the summary.
+
+    Masks already in ``run_dir`` are reused (an interrupted run resumes) only when
+    ``segmentation.json`` says they were made with the same segmenter, parameters and
+    nuclear channel; otherwise a :class:`ConfigError` is raised unless ``options.overwrite``
+    (then every image is segmented again). Writes ``segmentation.csv``,
+    ``segmentation.json`` (settings, plugin provenance, summary) and
+    ``metrics.json["segmentation"]`` (the summary, with the segmenter's ``weights_info``).
+    """
+    from epikit.distributed import PluginSpec
+    from epikit.interfaces import optional_attribute
+    from epikit.io import read_json, write_csv, write_json
+    from epikit.registry import get_entry
+    from epikit.runfolder.metrics import update_metrics
+
+    run_dir = Path(run_dir)
+    # By name and parameters: workers build it themselves, once each (here: built once, cached).
+    spec = PluginSpec("segmenter", options.segmenter, options.params)
+    segmenter = spec.build()  # fail on a bad name or parameter before any work
+    settings = segmentation_settings(options)
+    previous = read_json(run_dir / layout.SEGMENTATION_RECORD, default=None)
+    if previous is not None and not options.overwrite and previous.get("settings") != settings:
+        raise ConfigError(f"{run_dir} holds masks made with {previous.get('settings')}; overwrite "
+                          "them (--overwrite) or choose another output folder")
+    table = segment_images(options.images, spec, run_dir, nuclear_channel=options.nuclear_channel,
+                           skip_existing=not options.overwrite, progress=progress, executor=executor)
+    write_csv(table, run_dir / layout.SEGMENTATION_TABLE)
+    summary = summarise_counts(table)
+    weights = optional_attribute(segmenter, "segmenter", "weights_info")
+    if weights:
+        summary["weights"] = weights
+    write_json(run_dir / layout.SEGMENTATION_RECORD, {
+        "settings": settings,
+        "provenance": get_entry("segmenter", options.segmenter).provenance(),
+        "summary": summary,
+    })
+    update_metrics(run_dir, "segmentation", summary)
+    return summary
 
 
 def segment_annotated(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from epikit.interfaces import OPTIONAL_ATTRIBUTES, Kind
+from epikit.interfaces import INITIAL_WEIGHTS_KEYWORD, OPTIONAL_ATTRIBUTES, Kind, accepts_initial_weights
 
 #: Types each optional attribute must have when present (None is always allowed).
 ATTRIBUTE_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -82,6 +82,11 @@ def check_classifier(factory: Callable[..., Any], in_channels: int = 3, num_clas
     layer = getattr(model, "cam_layer", None)
     if layer is not None:
         model.get_submodule(layer)  # raises AttributeError for a name that is not a submodule
+    if accepts_initial_weights(factory):
+        rebuilt = factory(in_channels, num_classes, crop_size, **{**params, INITIAL_WEIGHTS_KEYWORD: False})
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == shapes, \
+            f"{INITIAL_WEIGHTS_KEYWORD}=False must build the same network (a saved state dict loads into it)"
     return model
 
 

@@ -22,7 +22,7 @@ from epikit.analysis.biomarkers import (
 from epikit.cli import app
 from epikit.errors import ConfigError, DataError, InputError, ModelError
 from epikit.explanation import explain_run, select_cells
-from epikit.runfolder.layout import EXPLAIN_SCRATCH
+from epikit.runfolder.layout import SCRATCH_DIR
 from epikit.runfolder.maps import read_maps
 from epikit.registry import get_explainer
 from epikit.runfolder.models import load_fold_models
@@ -84,10 +84,10 @@ def test_interrupted_explain_run_resumes_with_the_unfinished_chunks(periphery_ru
     monkeypatch.setattr(explanation, "explain_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
-    assert len(list((run / EXPLAIN_SCRATCH).rglob("*.npy"))) == 2
+    assert len(list((run / SCRATCH_DIR / "explain").rglob("*.npy"))) == 2
     monkeypatch.setattr(explanation, "explain_chunk", real)
     summary = explain_run(run, "gradcam", cells="all", chunk=4, progress=False)
-    assert summary["n_cells_resumed"] == 8 and not list((run / EXPLAIN_SCRATCH).rglob("*.npy"))
+    assert summary["n_cells_resumed"] == 8 and not list((run / SCRATCH_DIR / "explain").rglob("*.npy"))
     fresh = explain_run(periphery_run, "gradcam", cells="all", chunk=4, progress=False)
     assert fresh["n_cells_resumed"] == 0
     resumed, complete = read_maps(run), read_maps(periphery_run)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from epikit.errors import ConfigError, ModelError
-from epikit.registry import get_classifier, list_classifiers
+from epikit.registry import get_classifier, list_classifiers, rebuild_classifier
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -93,6 +93,24 @@ def test_pretrained_errors(tmp_path) -> None:
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, bad)
     with pytest.raises(ModelError):
         get_classifier("resnet10", 3, 2, 64, pretrained=str(bad))
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18"])
+def test_a_saved_model_is_rebuilt_without_its_initial_weights(tmp_path, name: str) -> None:
+    """The factory skips ``pretrained`` when rebuilding: the weights file may be gone by then."""
+    from torchvision.models import resnet18
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    trained = get_classifier(name, 2, 3, 32, pretrained=str(path))
+    path.unlink()
+    with pytest.raises(ConfigError):
+        get_classifier(name, 2, 3, 32, pretrained=str(path))
+    rebuilt = rebuild_classifier(name, 2, 3, 32, pretrained=str(path))
+    rebuilt.load_state_dict(trained.state_dict())
+    crops = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(crops), trained.eval()(crops))
 
 
 def test_timm_cam_layer_found_or_given() -> None:

@@ -27,6 +27,7 @@ from epikit.distributed import (
 from epikit.errors import ConfigError, InputError, ModelError, PluginError
 from epikit.extraction import extract_cells
 from epikit.io import discover_images, mask_path, read_labels
+from epikit.runfolder.scratch import scratch_folders
 from epikit.segmentation import segment_images
 from epikit.simulate import simulate_dataset
 
@@ -90,7 +91,7 @@ def _assert_same_run(run: Path, reference: Path, inputs: Path) -> None:
     for record in discover_images(inputs):
         assert np.array_equal(read_labels(mask_path(run / "masks", record)),
                               read_labels(mask_path(reference / "masks", record)))
-    assert not (run / ".epikit" / "extract" / "pending").exists()
+    assert not [f for f in scratch_folders(run, "extract") if (f / "pending").exists()]
 
 
 def _cache_counts(client) -> dict[str, tuple[int, int]]:
@@ -197,7 +198,7 @@ def test_interrupted_distributed_extraction_resumes(client, inputs: Path, local_
     executor = get_executor(scheduler=client)
 
     def stop_after_two(record, count: int) -> None:
-        if len((run / ".epikit" / "extract" / "progress.jsonl").read_text().splitlines()) == 2:
+        if len((scratch_folders(run, "extract")[0] / "progress.jsonl").read_text().splitlines()) == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -17,7 +17,8 @@ from epikit.cli import app
 from epikit.errors import DataError, InputError
 from epikit.extraction import extract_cells
 from epikit.runfolder.crop_writer import CropWriter
-from epikit.runfolder.layout import CELLS, CROPS, EXTRACT_SCRATCH
+from epikit.runfolder.layout import CELLS, CROPS
+from epikit.runfolder.scratch import scratch_folders
 from epikit.io import discover_images, mask_path, read_labels, write_tiff
 from epikit.simulate import simulate_dataset
 
@@ -149,7 +150,8 @@ def test_interrupted_run_resumes_without_duplicates(simulated: Path, records: li
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, on_image=stop_after_two, **OPTIONS)
     assert not (run / CELLS).exists() and not (run / CROPS).exists()
-    log = run / EXTRACT_SCRATCH / "progress.jsonl"
+    [work] = scratch_folders(run, "extract")
+    log = work / "progress.jsonl"
     assert len(log.read_text().splitlines()) == 2
     with open(log, "a") as handle:  # a third line torn by the kill
         handle.write('{"image_id": "vpa/fie')
@@ -174,8 +176,9 @@ def test_half_written_image_is_never_counted(simulated: Path, records: list, ful
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         extract_cells(records, simulated / "masks", run, **OPTIONS)
-    work = zarr.open_group(str(run / EXTRACT_SCRATCH / CROPS), mode="r")
-    log = (run / EXTRACT_SCRATCH / "progress.jsonl").read_text().splitlines()
+    [folder] = scratch_folders(run, "extract")
+    work = zarr.open_group(str(folder / CROPS), mode="r")
+    log = (folder / "progress.jsonl").read_text().splitlines()
     committed = sum(json.loads(line)["count"] for line in log)
     assert len(log) == 2
     assert work["crops"].shape[0] > committed  # the third image's crops are in the store

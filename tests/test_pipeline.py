@@ -82,7 +82,8 @@ def finished_run(registry, tmp_path_factory):
 
 def test_run_folder_contract(finished_run):
     run_dir, _, manifest = finished_run
-    for name in ("manifest.json", "config.toml", "masks", "cells.parquet", "crops.zarr", "model",
+    for name in ("manifest.json", "config.toml", "masks", "segmentation.csv", "segmentation.json",
+                 "cells.parquet", "crops.zarr", "model",
                  "maps.zarr", "biomarkers.csv", "metrics.json", "report.html", "figures"):
         assert (run_dir / name).exists(), name
     masks = sorted((run_dir / "masks").rglob("*.tif"))

@@ -9,10 +9,12 @@ its shipped weights.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -415,3 +417,26 @@ def test_segment_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="nuclear channel"):
         segment_images(records, WatershedSegmenter(), tmp_path / "out", nuclear_channel="DAPI",
                        progress=False)
+
+
+def test_segment_stage_resumes_only_masks_of_its_settings(dataset, tmp_path):
+    """The library stage owns the resume rules the CLI used to hold."""
+    from epikit.io import discover_images, read_json
+    from epikit.options import SegmentOptions
+    from epikit.segmentation import run
+
+    records = tuple(discover_images(dataset / "images"))
+    options = SegmentOptions(segmenter="watershed", params={"sigma": 1.0}, images=records)
+    first = run(tmp_path, options, progress=False)
+    assert read_json(tmp_path / "metrics.json")["segmentation"] == first
+    assert read_json(tmp_path / "segmentation.json")["settings"] == {
+        "segmenter": "watershed", "params": {"sigma": 1.0}, "nuclear_channel": "0"}
+    (tmp_path / "masks" / f"{records[0].image_id}.tif").unlink()  # as if interrupted there
+    assert run(tmp_path, options, progress=False) == first
+    table = pd.read_csv(tmp_path / "segmentation.csv")
+    assert table["reused"].tolist() == [False] + [True] * (len(records) - 1)
+    other = SegmentOptions(segmenter="watershed", params={"sigma": 2.0}, images=records)
+    with pytest.raises(ConfigError, match="overwrite"):
+        run(tmp_path, other, progress=False)
+    run(tmp_path, dataclasses.replace(other, overwrite=True), progress=False)
+    assert not pd.read_csv(tmp_path / "segmentation.csv")["reused"].any()

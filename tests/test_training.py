@@ -20,6 +20,7 @@ from epikit.classification_metrics import (
 from epikit.errors import ConfigError, DataError
 from epikit.splits import check_groups_per_class, confounded_columns, grouped_folds
 from epikit.runfolder.models import load_fold_models
+from epikit.runfolder.scratch import scratch_folders
 from epikit.splits import assign_folds, validation_split
 from epikit.training.cross_validation import CELL_SPLIT_WARNING, cross_validate
 from epikit.options import TrainingOptions
@@ -332,7 +333,7 @@ def test_train_command_views_and_errors(simulated_run) -> None:
                                  "--epochs", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (simulated_run / "model" / "H3K27ac" / "fold_1.pt").is_file()
-    assert not (simulated_run / ".epikit" / "train_folds").exists()  # per-fold saves cleared when done
+    assert not scratch_folders(simulated_run, "train")  # per-fold saves cleared when done
     metrics = json.loads((simulated_run / "metrics.json").read_text())["classification"]
     assert set(metrics["views"]) == {"all", "H3K27ac"}
     assert metrics["views"]["H3K27ac"]["channels"] == ["H3K27ac"]

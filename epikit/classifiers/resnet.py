@@ -121,7 +121,8 @@ class ResNet10(nn.Module):
     depends on the crop size; ``"avg"`` averages it to 128 values first.
     ``stem_pool``: ``"max"`` (study) or ``"avg"`` (the stem's max-pool replaced by avg-pool).
     ``pretrained``: None (random init), a path to a ResNet-18 state dict, or a torchvision
-    weights name such as ``"IMAGENET1K_V1"``. ``dropout`` before the Linear layer.
+    weights name such as ``"IMAGENET1K_V1"``; not loaded with ``initial_weights=False`` (the
+    host rebuilding a saved model). ``dropout`` before the Linear layer.
     CAM layer: ``layer2``.
     """
 
@@ -136,6 +137,7 @@ class ResNet10(nn.Module):
         stem_pool: str = "max",
         pretrained: Any = None,
         dropout: float = 0.0,
+        initial_weights: bool = True,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -145,7 +147,7 @@ class ResNet10(nn.Module):
                 f"resnet10 needs num_classes >= 2 and crop_size >= 8 "
                 f"(got {num_classes} and {crop_size})"
             )
-        net = _resnet18_backbone(in_channels, pretrained, stem_pool)
+        net = _resnet18_backbone(in_channels, pretrained if initial_weights else None, stem_pool)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2 = net.layer1, net.layer2
         side = _downsampled(crop_size, 3)
@@ -167,16 +169,17 @@ def resnet18(
     crop_size: int,
     stem_pool: str = "max",
     pretrained: Any = None,
+    initial_weights: bool = True,
 ) -> nn.Module:
     """The full torchvision ResNet-18 with ``in_channels`` inputs and a new ``num_classes`` head.
 
-    ``pretrained`` and ``stem_pool`` as for :class:`ResNet10`. CAM layer: ``layer4``.
+    ``pretrained``, ``initial_weights`` and ``stem_pool`` as for :class:`ResNet10`. CAM layer: ``layer4``.
     ``crop_size`` is accepted for the common factory signature (global pooling makes the
     network size-agnostic).
     """
     if num_classes < 2:
         raise ConfigError(f"resnet18 needs num_classes >= 2 (got {num_classes})")
-    net = _resnet18_backbone(in_channels, pretrained, stem_pool)
+    net = _resnet18_backbone(in_channels, pretrained if initial_weights else None, stem_pool)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     net.cam_layer = "layer4"
     return net

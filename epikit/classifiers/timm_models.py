@@ -72,12 +72,14 @@ def timm_classifier(
     arch: str = "efficientnet_b0",
     pretrained: Any = False,
     cam_layer: str | None = None,
+    initial_weights: bool = True,
     **timm_params: Any,
 ) -> nn.Module:
     """A timm model ``arch`` with ``in_chans=in_channels`` and ``num_classes`` outputs.
 
     ``pretrained``: False (random init, the default; works offline), True (timm downloads
-    the weights) or a path to a state dict of ``arch``. ``cam_layer``: the module CAM methods
+    the weights) or a path to a state dict of ``arch``; not loaded with
+    ``initial_weights=False`` (the host rebuilding a saved model). ``cam_layer``: the module CAM methods
     explain; found automatically when omitted. Other parameters go to ``timm.create_model``
     (e.g. ``drop_rate=0.2``).
     """
@@ -87,7 +89,7 @@ def timm_classifier(
         close = difflib.get_close_matches(str(arch), timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown timm architecture {arch!r}{hint}; see timm.list_models()")
-    options = _pretrained_overlay(pretrained)
+    options = _pretrained_overlay(pretrained if initial_weights else False)
     try:
         model = timm.create_model(
             arch, in_chans=in_channels, num_classes=num_classes, **options, **timm_params

@@ -21,19 +21,19 @@ def explain_command(
     max_cells: int = typer.Option(ExplainOptions.max_cells, "--max-cells", help="At most this many cells per condition (seeded random choice; 0: all)."),
     target: str = typer.Option(ExplainOptions.target, "--target", help="Class to explain: predicted, or a class (condition) name."),
     view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the cell choice."),
+    seed: int = typer.Option(ExplainOptions.seed, "--seed", help="Seed of the cell choice."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     workers: int = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Explain out-of-fold test cells with the fold model that did not train on them; write maps.zarr."""
     from epikit.distributed import get_executor
-    from epikit.explanation import explain_run
+    from epikit.explanation import run
 
+    options = ExplainOptions(explainer=explainer, cells=cells, max_cells=max_cells, target=target,
+                             params=parse_params(param), seed=seed, views=tuple(view) if view else None)
     with get_executor(workers, scheduler) as executor:
-        summary = explain_run(run_dir, explainer, parse_params(param), cells=cells, max_cells=max_cells or None,
-                              target=target, views=view or None, seed=seed, progress=not quiet,
-                              executor=executor)
+        summary = run(run_dir, options, executor=executor, progress=not quiet)
     for name, info in summary["views"].items():
         counts = ", ".join(f"{c}: {n}" for c, n in info["per_condition"].items())
         typer.echo(f"view {name}: {info['n_cells']} cells explained ({counts})")
@@ -46,20 +46,21 @@ def explain_command(
 def biomarkers_command(
     run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
     reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
-    alpha: float = typer.Option(0.05, "--alpha", help="q-value threshold of a finding."),
-    image_test: str = typer.Option("permutation", "--image-test", help="Image-level test: permutation or mannwhitney."),
-    shells: str = typer.Option("scaled", "--shells", help="Shell definition: scaled (the study's) or distance."),
+    alpha: float = typer.Option(BiomarkerOptions.alpha, "--alpha", help="q-value threshold of a finding."),
+    image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation or mannwhitney."),
+    shells: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
     trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
     trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
     control_epochs: int = typer.Option(BiomarkerOptions.control_epochs, "--control-epochs", help="Epochs of the mask-only control model (0: as many as the run's classifier)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of permutations, bootstrap and subsets."),
+    seed: int = typer.Option(BiomarkerOptions.seed, "--seed", help="Seed of permutations, bootstrap and subsets."),
 ) -> None:
     """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
-    from epikit.biomarker_stage import biomarker_run
+    from epikit.biomarker_stage import run
 
-    summary = biomarker_run(run_dir, reference=reference, trust=trust, seed=seed, alpha=alpha,
-                            image_test=image_test, shell_method=shells, trust_cells=trust_cells,
-                            control_epochs=control_epochs)
+    options = BiomarkerOptions(reference=reference, trust=trust, trust_cells=trust_cells,
+                               control_epochs=control_epochs, seed=seed, alpha=alpha,
+                               image_test=image_test, shell_method=shells)
+    summary = run(run_dir, options)
     typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
                f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")
     for number, text in enumerate(summary["findings"], start=1):

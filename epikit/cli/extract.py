@@ -11,7 +11,6 @@ import typer
 from epikit.cli import command
 from epikit.cli.cluster import SCHEDULER, WORKERS
 from epikit.options import ExtractOptions
-from epikit.runfolder.layout import MASKS
 
 
 @command("extract")
@@ -28,23 +27,24 @@ def extract_command(
     align: str = typer.Option(ExtractOptions.align, "--align", help="none, or major-axis: rotate each nucleus's major axis to horizontal."),
     normalise: str = typer.Option(ExtractOptions.normalise, "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
-    features: bool = typer.Option(True, "--features/--no-features", help="Measure per-cell features (morphology, intensity, texture, shells)."),
+    features: bool = typer.Option(ExtractOptions.features, "--features/--no-features", help="Measure per-cell features (morphology, intensity, texture, shells)."),
     workers: int = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
 ) -> None:
     """Cut every nucleus out into crops.zarr and measure it into cells.parquet (resumable)."""
     from epikit.distributed import get_executor
-    from epikit.extraction import extract_cells
+    from epikit.extraction import run
     from epikit.io import discover_images
 
     names = [name.strip() for name in channels.split(",")] if channels else None
     records = discover_images(input, names, min_conditions=1)
+    options = ExtractOptions(crop_size=crop_size, keep_context=keep_context, scale=scale, align=align,
+                             normalise=normalise, min_area=min_area, max_area=max_area,
+                             images=tuple(records), masks=None if masks is None else str(masks),
+                             features=features)
     with warnings.catch_warnings(record=True) as caught, get_executor(workers, scheduler) as executor:
         warnings.simplefilter("always")
-        summary = extract_cells(records, masks if masks is not None else out / MASKS, out,
-                                crop_size=crop_size, keep_context=keep_context, scale=scale,
-                                min_area=min_area, max_area=max_area, align=align, normalise=normalise,
-                                features=features, progress=True, executor=executor)
+        summary = run(out, options, executor=executor)
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     skipped = ", ".join(f"{summary[f'n_skipped_{k}']} {k}" for k in ("border", "small", "large"))

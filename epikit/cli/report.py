@@ -14,6 +14,7 @@ def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by `epikit run`."),
 ) -> None:
     """Rebuild RUN_DIR/report.html and RUN_DIR/figures/ from the run folder's artefacts."""
-    from epikit.report import build_report
+    from epikit.options import ReportOptions
+    from epikit.report import run
 
-    typer.echo(str(build_report(run_dir)))
+    typer.echo(run(run_dir, ReportOptions())["path"])

@@ -9,6 +9,7 @@ import typer
 
 from epikit.cli import command, parse_params
 from epikit.cli.cluster import SCHEDULER, WORKERS
+from epikit.options import SegmentOptions
 
 
 @command("segment")
@@ -17,7 +18,7 @@ def segment_command(
     segmenter: str = typer.Option(..., "--segmenter", "-s", help="Registered segmenter name (see `epikit plugins`)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Segmenter parameter key=value (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<condition>/<stem>.tif and segmentation.csv."),
-    nuclear_channel: str = typer.Option("0", "--nuclear-channel", help="Index or name of the DNA channel."),
+    nuclear_channel: str = typer.Option(str(SegmentOptions.nuclear_channel), "--nuclear-channel", help="Index or name of the DNA channel."),
     channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again even where a mask exists."),
     workers: int = WORKERS,
@@ -28,33 +29,16 @@ def segment_command(
     Existing masks in OUT are reused (an interrupted run resumes) only when they were made
     with the same segmenter and parameters; OUT/segmentation.json records those.
     """
-    from epikit.distributed import PluginSpec, get_executor
-    from epikit.errors import ConfigError
-    from epikit.io import discover_images, read_json, write_csv, write_json
-    from epikit.registry import get_entry
-    from epikit.segmentation import segment_images, summarise_counts
+    from epikit.distributed import get_executor
+    from epikit.io import discover_images
+    from epikit.segmentation import run
 
     names = [name.strip() for name in channels.split(",")] if channels else None
     records = discover_images(input, names, min_conditions=1)
-    params = parse_params(param)
-    spec = PluginSpec("segmenter", segmenter, params)
-    spec.build()  # fail on a bad name or parameter before any work
-    settings = {"segmenter": segmenter, "params": params, "nuclear_channel": nuclear_channel}
-    previous = read_json(out / "segmentation.json", default=None)
-    if previous is not None and not overwrite and previous.get("settings") != settings:
-        raise ConfigError(f"{out} holds masks made with {previous.get('settings')}; pass "
-                          "--overwrite to replace them or choose another --out")
+    options = SegmentOptions(segmenter=segmenter, nuclear_channel=nuclear_channel, params=parse_params(param),
+                             images=tuple(records), overwrite=overwrite)
     with get_executor(workers, scheduler) as executor:
-        # Workers build the segmenter themselves, once each, from its name and parameters.
-        table = segment_images(records, spec, out, nuclear_channel=nuclear_channel,
-                               skip_existing=not overwrite, executor=executor)
-    write_csv(table, out / "segmentation.csv")
-    summary = summarise_counts(table)
-    write_json(out / "segmentation.json", {
-        "settings": settings,
-        "provenance": get_entry("segmenter", segmenter).provenance(),
-        "summary": summary,
-    })
+        summary = run(out, options, executor=executor)
     typer.echo(f"{summary['nuclei']} nuclei in {summary['images']} image(s) "
                f"({summary['images_without_nuclei']} without nuclei); masks in {out / 'masks'}")
     for condition, counts in summary["per_condition"].items():

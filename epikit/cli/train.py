@@ -30,22 +30,30 @@ def train_command(
     recipe: str = typer.Option("default", "--recipe", help="default (AdamW, cosine, 16 epochs) or study (Adam 1e-5, x0.99/epoch, 300 epochs, batch 128); options below override it."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw or adam."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation loss."),
-    seed: int = typer.Option(0, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
+    seed: int = typer.Option(TrainOptions.seed, "--seed", help="Seed of splits, initialisation, batches and augmentation."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train with grouped cross-validation; write model/, predictions in cells.parquet, metrics.json."""
     from epikit.errors import ConfigError
-    from epikit.training.stage import train_run
+    from epikit.options import TrainingOptions
+    from epikit.training.stage import run
 
     if view and views:
         raise ConfigError("give either --view or --views, not both")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-             "patience": patience}
-    options = {key: value for key, value in given.items() if value is not None}
-    metrics = train_run(run_dir, classifier, parse_params(param), views=views or view,
-                        split=split, folds=folds, device=device, recipe=recipe, seed=seed,
-                        progress=not quiet, **options)
+    loop = {key: value for key, value in {"recipe": recipe, "optimizer": optimizer,
+                                          "patience": patience}.items() if value is not None}
+    recipe_defaults = TrainingOptions.from_mapping({}, recipe)  # what an unset flag means
+    chosen = views or view
+    options = TrainOptions(
+        classifier=classifier, folds=folds, split=split,
+        views=tuple(chosen.split(",")) if chosen else TrainOptions.views,
+        epochs=recipe_defaults.epochs if epochs is None else epochs,
+        batch_size=recipe_defaults.batch_size if batch_size is None else batch_size,
+        lr=recipe_defaults.lr if lr is None else lr,
+        params={**parse_params(param), **loop}, seed=seed, device=device,
+    )
+    metrics = run(run_dir, options, progress=not quiet)
     for name, result in (metrics.get("views") or {metrics["view"]: metrics}).items():
         spread = result["std"].get("balanced_accuracy")
         typer.echo(

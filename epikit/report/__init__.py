@@ -1,5 +1,6 @@
 """The run report: one self-contained ``report.html`` with PNG figures in ``figures/``.
 
+:func:`run` is the report stage (the pipeline and ``epikit report`` call it);
 ``build_report(run_dir)`` renders every section from whatever the run folder holds (a
 missing artefact gives a short note, never an error), escapes every string that comes
 from user data, and writes atomically: figures go into a temporary folder that replaces
@@ -15,13 +16,17 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from epikit.io.store import atomic_path
+from epikit.options import ReportOptions
+from epikit.runfolder.layout import FIGURES as FIGURES_DIR
+from epikit.runfolder.layout import REPORT as REPORT_FILE
 
-REPORT_FILE = "report.html"
-FIGURES_DIR = "figures"
+if TYPE_CHECKING:  # pragma: no cover
+    from epikit.distributed import Executor
 
-__all__ = ["FIGURES_DIR", "REPORT_FILE", "build_report", "render_report"]
+__all__ = ["FIGURES_DIR", "REPORT_FILE", "build_report", "render_report", "run"]
 
 
 def render_report(run_dir: str | os.PathLike[str], figures_dir: str | os.PathLike[str],
@@ -82,3 +87,16 @@ def build_report(run_dir: str | os.PathLike[str], *, strict: bool = False) -> Pa
     with atomic_path(report) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return report
+
+
+def run(
+    run_dir: str | os.PathLike[str],
+    options: ReportOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The report stage: :func:`build_report` unless ``options.enabled`` is false; the summary."""
+    if not options.enabled:
+        return {"skipped": True}
+    return {"path": str(build_report(run_dir))}

@@ -8,6 +8,7 @@
 * :mod:`~epikit.runfolder.models`: the fold checkpoints under ``model/`` (load, sha256).
 * :mod:`~epikit.runfolder.maps`: ``maps.zarr`` (write, read back as ``StoredMaps``).
 * :mod:`~epikit.runfolder.metrics`: the sections of ``metrics.json``.
+* :mod:`~epikit.runfolder.scratch`: the resumable work scratch of every stage (:class:`Scratch`).
 * :mod:`~epikit.runfolder.reader`: the lazy, read-only view of a run folder the report uses.
 
 Stages, the report and the pipeline import this package; it imports no stage. Atomic file

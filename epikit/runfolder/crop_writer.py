@@ -1,6 +1,7 @@
 """The resumable writer of ``crops.zarr`` + ``cells.parquet`` (the extract stage's working store).
 
-``OUT/.epikit/extract/`` holds ``config.json`` (the options), a Zarr store growing one image
+Its work folder (the extract stage's :class:`~epikit.runfolder.scratch.Scratch`, keyed by
+the options) holds ``config.json`` (the options), a Zarr store growing one image
 at a time, one part table per image and ``progress.jsonl`` (one line per finished image, the
 commit point). :meth:`CropWriter.finalise` streams the parts into ``cells.parquet`` and
 renames the store to ``crops.zarr``, so both appear complete or not at all.
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from epikit.io.store import atomic_path, read_json, write_json
-from epikit.runfolder.layout import CELLS, CROPS, EXTRACT_SCRATCH
+from epikit.runfolder.layout import CELLS, CROPS
 
 STATE_VERSION = 1
 #: Target size of one Zarr chunk; chunks hold 1 to :data:`MAX_CHUNK_CELLS` cells.
@@ -45,17 +46,17 @@ def _create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[i
 class CropWriter:
     """The working store of an extraction: Zarr arrays, part tables and the progress log.
 
-    Lives in ``OUT/.epikit/extract/`` until :meth:`finalise` moves ``crops.zarr`` and
-    ``cells.parquet`` into place.
+    Lives in ``work`` (the extract scratch of these options) until :meth:`finalise` moves
+    ``crops.zarr`` and ``cells.parquet`` into place.
 
     ``config.json`` holds the options; ``progress.jsonl`` one line per finished image, appended
     and flushed to disk after the image's crops and part table are written (the commit point;
     a torn last line is ignored); ``finalised`` marks that ``cells.parquet`` was written.
     """
 
-    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, out_dir: Path, config: dict[str, Any], work: Path) -> None:
         self.out_dir = out_dir
-        self.work = out_dir / EXTRACT_SCRATCH
+        self.work = work
         self.config = config
         self.images: list[dict[str, Any]] = []
 
@@ -100,13 +101,10 @@ class CropWriter:
 
     def load(self, fingerprints: dict[str, list[Any]]) -> str | None:
         """Pick up an earlier extraction into ``out_dir``; return why it was discarded, if it was."""
-        saved = read_json(self.work / "config.json")
-        images = self._read_log() if saved is not None else []
-        if saved is None:
-            reason = None
-        elif saved != {"version": STATE_VERSION, **self.config}:
-            reason = "settings changed"
-        elif any(fingerprints.get(e["image_id"]) != e["fingerprint"] for e in images):
+        if read_json(self.work / "config.json") is None:
+            return None  # nothing earlier (the scratch key already matches the options)
+        images = self._read_log()
+        if any(fingerprints.get(e["image_id"]) != e["fingerprint"] for e in images):
             reason = "input images or masks changed or were removed"
         elif set(e["image_id"] for e in images) - set(fingerprints):
             reason = "it holds images that are no longer inputs"

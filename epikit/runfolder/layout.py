@@ -2,7 +2,7 @@
 
 The run-folder contract (``DESIGN.md``, README "The run folder")::
 
-    manifest.json  config.toml  masks/  segmentation.csv  cells.parquet  crops.zarr
+    manifest.json  config.toml  masks/  segmentation.csv/.json  cells.parquet  crops.zarr
     model/  maps.zarr  biomarkers.csv  metrics.json  report.html  figures/
     .epikit/       stages.json and the resume scratch of each stage
     demo_input/    the simulated input of a demo run
@@ -16,6 +16,8 @@ MANIFEST = "manifest.json"
 CONFIG = "config.toml"
 MASKS = "masks"
 SEGMENTATION_TABLE = "segmentation.csv"
+#: The settings the masks were made with (so a resumed segmentation never mixes settings).
+SEGMENTATION_RECORD = "segmentation.json"
 CELLS = "cells.parquet"
 CROPS = "crops.zarr"
 MODEL = "model"
@@ -31,19 +33,15 @@ DEMO_INPUT = "demo_input"
 STATE_DIR = Path(".epikit")
 #: Stage fingerprints of ``epikit run``.
 STAGES_FILE = STATE_DIR / "stages.json"
-#: Working store of an unfinished extraction.
-EXTRACT_SCRATCH = STATE_DIR / "extract"
-#: Finished folds of an unfinished training, one folder per view.
-TRAIN_SCRATCH = STATE_DIR / "train_folds"
-#: Finished chunks of an unfinished explanation, one folder per settings hash.
-EXPLAIN_SCRATCH = STATE_DIR / "explain"
+#: The resumable work scratch, one folder per stage and settings key (epikit.runfolder.scratch).
+SCRATCH_DIR = STATE_DIR / "scratch"
 
-#: What each stage writes (removed when ``epikit run`` invalidates the stage).
+#: What each stage writes, its scratch included (removed when ``epikit run`` invalidates the stage).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "segment": (MASKS, SEGMENTATION_TABLE),
-    "extract": (CROPS, CELLS, EXTRACT_SCRATCH.as_posix()),
-    "train": (MODEL,),
-    "explain": (MAPS,),
+    "segment": (MASKS, SEGMENTATION_TABLE, SEGMENTATION_RECORD),
+    "extract": (CROPS, CELLS, (SCRATCH_DIR / "extract").as_posix()),
+    "train": (MODEL, (SCRATCH_DIR / "train").as_posix()),
+    "explain": (MAPS, (SCRATCH_DIR / "explain").as_posix()),
     "biomarkers": (BIOMARKERS,),
     "report": (REPORT, FIGURES),
 }

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epikit.errors import ModelError
-from epikit.interfaces import INITIAL_WEIGHTS_PARAMETER
 from epikit.io.store import read_json
 from epikit.runfolder.layout import MODEL, TRAINING_INFO
 
@@ -37,16 +36,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
     import torch
 
     from epikit.device import default_device
-    from epikit.registry import get_classifier
+    from epikit.registry import rebuild_classifier
 
     device = torch.device(device) if device is not None else default_device()
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}") from error
-    params = {k: v for k, v in checkpoint["params"].items() if k != INITIAL_WEIGHTS_PARAMETER}
-    model = get_classifier(checkpoint["classifier"], checkpoint["in_channels"],
-                           checkpoint["num_classes"], checkpoint["crop_size"], **params)
+    model = rebuild_classifier(checkpoint["classifier"], checkpoint["in_channels"],
+                               checkpoint["num_classes"], checkpoint["crop_size"], **checkpoint["params"])
     model.load_state_dict(checkpoint["state_dict"])
     info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     return model.to(device).eval(), info

@@ -19,7 +19,6 @@ import numpy as np
 from epikit.classification_metrics import classification_scores, fold_spread, image_level_scores
 from epikit.device import available_memory
 from epikit.errors import DataError
-from epikit.interfaces import INITIAL_WEIGHTS_PARAMETER
 from epikit.splits import assign_folds, confounded_columns, validation_split
 from epikit.training.fit import TrainedModel, predict_proba, train_classifier
 from epikit.training.fold_store import FoldStore
@@ -99,7 +98,7 @@ def cross_validate(
     import torch
 
     from epikit.device import default_device
-    from epikit.registry import get_classifier
+    from epikit.registry import get_classifier, rebuild_classifier
 
     options = options or TrainingOptions()
     params = dict(params or {})
@@ -126,10 +125,9 @@ def cross_validate(
     n, in_channels, crop_size = len(labels), data.shape[1], data.shape[-1]
     store = None
     if resume_dir is not None:
-        weights_free = {k: v for k, v in params.items() if k != INITIAL_WEIGHTS_PARAMETER}  # the state dict has them
         store = FoldStore(
             Path(resume_dir), FoldStore.fingerprint(crops, labels, groups, classifier, params, split, folds, options),
-            lambda: get_classifier(classifier, in_channels, len(classes), crop_size, **weights_free), device,
+            lambda: rebuild_classifier(classifier, in_channels, len(classes), crop_size, **params), device,
         )
     proba = np.full((n, len(classes)), np.nan)
     cell_split = np.full(n, "test" if split != "holdout" else "train", dtype=object)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epikit.config import section_hash
 from epikit.io.store import atomic_path
 from epikit.training.fit import TrainedModel
 from epikit.options import TrainingOptions
@@ -21,6 +20,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+def training_settings(classifier: str, params: dict[str, Any] | None, split: str, folds: int,
+                      options: TrainingOptions) -> dict[str, Any]:
+    """The settings a trained fold depends on (the progress display left out)."""
+    return {"classifier": classifier, "params": params, "split": split, "folds": folds,
+            "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "progress"}}
 
 
 class FoldStore:
@@ -42,16 +48,10 @@ class FoldStore:
     @staticmethod
     def fingerprint(crops: Any, labels: np.ndarray, groups: np.ndarray, classifier: str,
             params: dict[str, Any], split: str, folds: int, options: TrainingOptions) -> str:
-        """Hash of everything a fold's result depends on."""
-        digest = hashlib.sha256()
-        array = np.ascontiguousarray(crops.cpu().numpy() if hasattr(crops, "cpu") else crops)
-        for part in (array, labels, np.asarray(groups).astype(str)):
-            digest.update(str(part.shape).encode())
-            digest.update(part.tobytes())
-        settings = {"classifier": classifier, "params": params, "split": split, "folds": folds,
-                    "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "progress"}}
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-        return digest.hexdigest()
+        """Hash of everything a fold's result depends on: the data and :func:`training_settings`."""
+        array = crops.cpu().numpy() if hasattr(crops, "cpu") else np.asarray(crops)
+        return section_hash(array, np.asarray(labels), np.asarray(groups).astype(str),
+                            training_settings(classifier, params, split, folds, options))
 
     def path(self, fold: int) -> Path:
         """The file of fold ``fold``."""

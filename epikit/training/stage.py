@@ -1,6 +1,7 @@
 """The train stage: cross-validate a classifier on a run folder's cells, for each view.
 
-:func:`train_run` reads ``cells.parquet`` / ``crops.zarr`` (:class:`~epikit.runfolder.cells.CellDataset`),
+:func:`run` is the stage (the pipeline and ``epikit train`` call it with
+:class:`~epikit.options.TrainOptions`); :func:`train_run` reads ``cells.parquet`` / ``crops.zarr`` (:class:`~epikit.runfolder.cells.CellDataset`),
 trains each view (:func:`~epikit.training.cross_validation.cross_validate`), and writes
 ``model/fold_<k>.pt`` (``model/<view>/`` for several views), ``model/training.json``, the
 prediction columns of ``cells.parquet`` and ``metrics.json["classification"]``.
@@ -9,25 +10,32 @@ prediction columns of ``cells.parquet`` and ``metrics.json["classification"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epikit.config import section_hash
 from epikit.device import available_memory
 from epikit.errors import ConfigError, DataError
 from epikit.runfolder import layout
 from epikit.runfolder.rows import cell_rows
+from epikit.runfolder.scratch import Scratch
 from epikit.training.cross_validation import CrossValidation, cross_validate
 from epikit.training.fit import TrainedModel
+from epikit.training.fold_store import training_settings
 from epikit.options import TrainingOptions, TrainOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from epikit.distributed import Executor
+
+#: Keys of ``TrainOptions.params`` that go to the training loop, not to the classifier.
+LOOP_KEYS = frozenset(f.name for f in dataclasses.fields(TrainingOptions)) | {"recipe"}
 ALL_CHANNELS = "all"
 PREDICTION_COLUMNS = ("fold", "split", "prediction", "probability", "correct")
 
@@ -167,7 +175,7 @@ def train_run(
     ``training.json``), the prediction columns of ``cells.parquet`` and
     ``metrics.json["classification"]``, which it returns. With several views the first
     view's metrics are also the top-level ones and every view's sit under ``views``.
-    Finished folds wait in ``.epikit/train_folds/`` until all are done, so an interrupted
+    Finished folds wait in the train :class:`~epikit.runfolder.scratch.Scratch` until all are done, so an interrupted
     call, run again with the same settings, trains only the folds it had not finished.
     """
     import torch
@@ -185,6 +193,10 @@ def train_run(
         raise DataError(f"{run_dir / layout.CELLS} has no cells: nothing to train on")
     crops = load_all_crops(dataset)
     table = dataset.table
+    # Finished folds wait in the scratch of these settings (each fold file also keys its data).
+    scratch = Scratch(run_dir, "train", section_hash(
+        training_settings(classifier, params, split, folds, options), resolved))
+    scratch.open()
     image_ids = table["image_id"].to_numpy() if "image_id" in table else None
     results: dict[str, CrossValidation] = {}
     for view, channel_index in resolved.items():
@@ -194,7 +206,7 @@ def train_run(
             dataset.classes, classifier, params, split=split, folds=folds, options=options,
             image_ids=image_ids, table=table, device=device,
             description=view if len(resolved) > 1 else "",
-            resume_dir=run_dir / layout.TRAIN_SCRATCH / view,
+            resume_dir=scratch.path / view,
         )
 
     several = len(resolved) > 1
@@ -224,5 +236,25 @@ def train_run(
     if several:
         summary["views"] = {view: cv.metrics for view, cv in results.items()}
     update_metrics(run_dir, "classification", summary)
-    shutil.rmtree(run_dir / layout.TRAIN_SCRATCH, ignore_errors=True)
+    scratch.remove()
     return summary
+
+
+def run(
+    run_dir: str | Path,
+    options: TrainOptions,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The train stage: :func:`train_run` with ``options``; training stays in this process.
+
+    Keys of ``options.params`` naming a :data:`LOOP_KEYS` entry go to the training loop,
+    the rest to the classifier. ``executor`` is accepted for the common stage shape.
+    """
+    loop = {key: value for key, value in options.params.items() if key in LOOP_KEYS}
+    params = {key: value for key, value in options.params.items() if key not in LOOP_KEYS}
+    return train_run(run_dir, options.classifier, params, views=options.views, split=options.split,
+                     folds=options.folds, device=options.device,
+                     **{"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr,
+                        "seed": options.seed, "progress": progress, **loop})
