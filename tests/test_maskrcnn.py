@@ -274,6 +274,12 @@ def test_rescaled_inference_returns_labels_at_the_input_shape(shipped):
     assert evaluate_segmentation(told, big_truth)["ap_50"] >= 0.75
     with pytest.raises(ConfigError, match="diameter"):
         MaskRCNNSegmenter(device="cpu", diameter=-3)
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("nucleus_diameter", "inference_diameter")}
+    assert ModelConfig.from_dict(old).nucleus_diameter is None  # epikit 0.1 checkpoints: native scale
+    native = build_model(ModelConfig.from_dict(old))
+    assert MaskRCNNSegmenter(model=native).trained_diameter is None
+    with pytest.raises(ConfigError, match="own scale"):
+        MaskRCNNSegmenter(model=native, diameter=30)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(100, 128, 32), (256, 128, 48), (700, 256, 64), (1000, 512, 128)])

@@ -176,6 +176,11 @@ class MaskRCNNSegmenter:
             self.model, _, self.weights_path = load_model(weights, sha256=sha256, device=self.device)
         # Checkpoints trained at the images' own scale (epikit 0.1) have no nucleus size.
         self.trained_diameter: float | None = getattr(self.model, "nucleus_diameter", None)
+        if diameter is not None and self.trained_diameter is None:
+            raise ConfigError(
+                f"diameter={diameter} needs weights trained at one nucleus size (epikit >= 0.2); "
+                f"{self.weights_path or 'this model'} was trained at the images' own scale - drop diameter"
+            )
         self.diameter, self.refine = diameter, refine
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.score_threshold, self.mask_threshold, self.min_area = score_threshold, mask_threshold, min_area
