@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from epikit.errors import InputError
 from epikit.segmenters.scale import diameter_from_labels, estimate_diameter, resample, scaled_shape
 
 
@@ -57,7 +58,7 @@ def test_touching_nuclei_are_measured_one_by_one():
 
 def test_estimate_diameter_on_empty_and_bad_fields():
     assert estimate_diameter(np.zeros((64, 64), dtype=np.float32)) is None
-    with pytest.raises(ValueError, match="finite 2-D"):
+    with pytest.raises(InputError, match="finite 2-D"):
         estimate_diameter(np.full((8, 8), np.nan, dtype=np.float32))
 
 

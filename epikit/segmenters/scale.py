@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from epikit.errors import InputError
+
 #: Long side of the coarsest copy of a field the size estimate starts from.
 COARSE_SIDE = 256
 #: Nuclei must span at least this many pixels in a copy for their size to be trusted there.
@@ -103,7 +105,7 @@ def estimate_diameter(channel: np.ndarray) -> float | None:
     """
     data = np.asarray(channel, dtype=np.float32)
     if data.ndim != 2 or not np.isfinite(data).all():
-        raise ValueError(f"estimate_diameter needs a finite 2-D image, got shape {data.shape}")
+        raise InputError(f"estimate_diameter needs a finite 2-D image, got shape {data.shape}; remove NaNs or pick one plane")
     reduction = 2 ** max(0, math.ceil(math.log2(max(data.shape) / COARSE_SIDE)))
     while True:
         copy = data if reduction == 1 else resample(data, scaled_shape(data.shape, 1.0 / reduction))
