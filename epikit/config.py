@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from epikit.errors import ConfigError
-from epikit.options import STAGE_OPTIONS, DemoOptions, option_values
+from epikit.options import STAGE_OPTIONS, DemoOptions, ReadOptions, option_values
 
 try:  # Python >= 3.11
     import tomllib
@@ -34,7 +34,7 @@ PARAMS_KEY = "params"
 def _defaults() -> dict[str, Any]:
     """The default configuration, generated from the options dataclasses of :mod:`epikit.options`."""
     config: dict[str, Any] = {"seed": 0, "input": "", "channels": [], "skip_bad": False,
-                              "demo": option_values(DemoOptions())}
+                              "demo": option_values(DemoOptions()), "read": option_values(ReadOptions())}
     for stage, options in STAGE_OPTIONS.items():
         config[stage] = option_values(options())  # a plugin stage's includes PARAMS_KEY
     return config

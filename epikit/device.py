@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,3 +43,20 @@ def available_memory() -> float:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):
         return math.inf
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded inside the block (restoring the setting after).
+
+    Each crop batch is a few milliseconds of work: on a shared CPU, torch's thread pool cost
+    more than it gained (measured 66 ms vs 18 ms for 25 nuclei on a busy 2-core machine).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

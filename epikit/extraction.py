@@ -35,7 +35,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from epikit.nuclei.crops import (
     describe_nuclei,
     find_nuclei,
     intensity_range,
+    ring_width_pixels,
 )
 from epikit.errors import ConfigError, DataError, InputError
 from epikit.nuclei.features import feature_names
@@ -57,10 +57,11 @@ from epikit.io import (
     ImageRecord,
     atomic_path,
     mask_path,
-    read_image,
     read_labels,
+    read_record,
 )
 from epikit.config import section_hash
+from epikit.device import single_torch_thread
 from epikit.options import ExtractOptions, option_values
 from epikit.runfolder.crop_writer import STATE_VERSION, CropWriter
 from epikit.runfolder.layout import CELLS, MASKS
@@ -80,13 +81,13 @@ DTYPES = ("float16", "float32")
 METADATA_COLUMNS: tuple[str, ...] = (
     "cell_id", "image_id", "path", "condition", "group", "label",
     "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x",
-    "area", "orientation", "eccentricity", "crop_index", "crop_scale", "clipped",
+    "area", "orientation", "eccentricity", "crop_index", "crop_scale", "clipped", "pixel_size_um",
 )
 
 
 def _fingerprint(record: ImageRecord, masks: Path) -> list[Any]:
     """What must not change for a finished image to stay valid: its metadata and both files."""
-    files = [os.stat(p) for p in (record.path, masks)]
+    files = [os.stat(p) for p in (*record.files, masks)]
     return [str(record.path), record.condition, record.group, *[[s.st_size, s.st_mtime_ns] for s in files]]
 
 
@@ -116,7 +117,7 @@ def _labels_file(record: ImageRecord, masks_dir: Path) -> Path:
 def _read_pair(record: ImageRecord, masks_dir: Path, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its label image, checking that they belong together."""
     labels_file = _labels_file(record, masks_dir)
-    image = read_image(record.path).array
+    image = read_record(record).array
     labels = read_labels(labels_file)
     if labels.shape != image.shape[1:]:
         raise InputError(f"{labels_file}: label image is {labels.shape[0]}x{labels.shape[1]} but "
@@ -137,6 +138,8 @@ class _Job:
     features: bool
     n_shells: int
     dtype: str
+    pixel_size_um: float | None = None
+    ring_width_um: float = 0.0
 
     def zarr_attrs(self, n_cells: int) -> dict[str, Any]:
         s = self.settings
@@ -145,14 +148,23 @@ class _Job:
             "normalisation": s.normalise, "percentiles": list(s.percentiles), "scale_mode": s.scale,
             "align": s.align, "keep_context": s.keep_context, "dtype": self.dtype,
             "n_shells": self.n_shells, "n_cells": n_cells,
-            "feature_columns": feature_names(self.channel_names, self.n_shells) if self.features else [],
+            "pixel_size_um": self.pixel_size_um, "ring_width_um": self.ring_width_um,
+            "feature_columns": feature_names(self.channel_names, self.n_shells, physical=bool(self.pixel_size_um),
+                                             rings=self.ring_width_um > 0) if self.features else [],
         }
+
+    def describe(self, image: np.ndarray, labels: np.ndarray, nuclei: list[Any]) -> list[dict[str, Any]]:
+        """The ``cells.parquet`` measurements of ``nuclei`` (see :func:`describe_nuclei`)."""
+        return describe_nuclei(image, labels, nuclei, self.channel_names, features=self.features,
+                               n_shells=self.n_shells, pixel_size_um=self.pixel_size_um,
+                               ring_width_um=self.ring_width_um)
 
     def config(self) -> dict[str, Any]:
         """The options whose change invalidates finished images."""
         return {"settings": {**asdict(self.settings), "percentiles": list(self.settings.percentiles)},
                 "dtype": self.dtype, "features": self.features, "n_shells": self.n_shells,
-                "channel_names": list(self.channel_names)}
+                "channel_names": list(self.channel_names), "pixel_size_um": self.pixel_size_um,
+                "ring_width_um": self.ring_width_um}
 
 
 def extract_cells(
@@ -171,6 +183,7 @@ def extract_cells(
     features: bool = True,
     n_shells: int = 5,
     dtype: str | None = None,
+    ring_width_um: float = 0.0,
     progress: bool = False,
     on_image: Callable[[ImageRecord, int], None] | None = None,
     executor: Executor | None = None,
@@ -180,7 +193,8 @@ def extract_cells(
     ``masks_dir`` holds one label image per input (``<condition>/<stem>.tif``, see
     :func:`epikit.io.mask_path`). The crop options are those of
     :class:`epikit.nuclei.crops.CropSettings`; ``max_area`` 0 or None means no upper limit.
-    ``features`` adds the columns of :mod:`epikit.nuclei.features` (``n_shells`` shells per method).
+    ``features`` adds the columns of :mod:`epikit.nuclei.features` (``n_shells`` shells per method;
+    µm columns when the records' pixel size is known, fixed-width rings with ``ring_width_um``).
     ``dtype`` of the stored crops defaults to float16, float32 with ``normalise="none"`` (raw
     intensities above 2048 are not exact in float16). ``on_image(record, n_cells)`` is called
     after each image is committed; ``progress`` shows a progress bar on stderr.
@@ -207,7 +221,9 @@ def extract_cells(
     dtype = dtype or ("float32" if normalise == "none" else "float16")
     if dtype not in DTYPES:
         raise ConfigError(f"crop dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    job = _Job(settings, _check_channels(records), Path(masks_dir), bool(features), int(n_shells), dtype)
+    job = _Job(settings, _check_channels(records), Path(masks_dir), bool(features), int(n_shells), dtype,
+               records[0].pixel_size_um, float(ring_width_um or 0))
+    ring_width_pixels(job.ring_width_um, job.pixel_size_um)  # a ring width without a pixel size fails now
     out_dir = Path(out_dir)
     fingerprints = {r.image_id: _fingerprint(r, _labels_file(r, job.masks_dir)) for r in records}
 
@@ -228,7 +244,7 @@ def extract_cells(
     processed_cells = 0
     bar = _progress_bar(len(records), len(records) - len(todo)) if progress else None
     try:
-        with _single_torch_thread():
+        with single_torch_thread():
             for record, count in _extract_all(todo, job, work, crops_array, masks_array, fingerprints,
                                               executor):
                 processed_cells += count
@@ -330,8 +346,7 @@ def _extract_image(record: ImageRecord, job: _Job, work: CropWriter, crops_array
     selection = find_nuclei(labels, job.settings)
     nuclei = selection.nuclei
     start = work.n_cells
-    rows = describe_nuclei(image, labels, nuclei, job.channel_names, features=job.features,
-                           n_shells=job.n_shells)
+    rows = job.describe(image, labels, nuclei)
     if nuclei:
         _grow(crops_array, masks_array, start + len(nuclei))
         for a, b, crops, masks in _crop_batches(image, labels, nuclei, job, crops_array.chunks[0]):
@@ -359,8 +374,7 @@ def extract_part(record: ImageRecord, job: _Job, pending_dir: Path, chunk: int) 
     image, labels = _read_pair(record, job.masks_dir, len(job.channel_names))
     selection = find_nuclei(labels, job.settings)
     nuclei = selection.nuclei
-    rows = describe_nuclei(image, labels, nuclei, job.channel_names, features=job.features,
-                           n_shells=job.n_shells)
+    rows = job.describe(image, labels, nuclei)
     folder = None
     if nuclei:
         # A fresh name per attempt: a task rerun after a lost worker, or a stale task of an
@@ -417,6 +431,7 @@ def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> 
         "cell_id": [f"{record.image_id}#{row['label']}" for row in rows],
         "image_id": [record.image_id] * n, "path": [str(record.path)] * n,
         "condition": [record.condition] * n, "group": [record.group] * n,
+        **{key: [value] * n for key, value in record.metadata.items() if key not in rows[0]},
     }
     for key in rows[0]:
         columns[key] = [row[key] for row in rows]
@@ -474,19 +489,3 @@ def _progress_bar(total: int, initial: int) -> Any:
 
     return tqdm(total=total, initial=initial, desc="extract", unit="image")
 
-
-@contextmanager
-def _single_torch_thread() -> Iterator[None]:
-    """Run torch single-threaded inside the block (restoring the setting after).
-
-    Each crop batch is a few milliseconds of work: on a shared CPU, torch's thread pool cost
-    more than it gained (measured 66 ms vs 18 ms for 25 nuclei on a busy 2-core machine).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -116,6 +116,28 @@ class DemoOptions:
     effect_size: float = 0.5
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How input files become images (``-p read.key=value``; see :mod:`epikit.io.discover`).
+
+    ``z``: Z-stack projection, ``max`` | ``mean`` | ``best`` (sharpest plane of the nuclear
+    channel) | a plane index (``--z``); ``pixel_size_um``: micrometres per pixel for every
+    field, 0 = from the files' metadata (``--pixel-size``); ``pattern``: file-name pattern of
+    per-channel files (``--pattern '{well}_{field}_w{channel}.tif'``); ``layout``: CSV
+    mapping wells to conditions (``--layout``, needed for plates).
+    """
+
+    z: str = "max"
+    pixel_size_um: float = 0.0
+    pattern: str = ""
+    layout: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.pixel_size_um >= 0:
+            raise ConfigError(f"pixel size must be a positive number of micrometres (or 0: from the "
+                              f"files), got {self.pixel_size_um}")
+
+
 def per_run(default: Any = None, *, factory: Any = None) -> Any:
     """A per-run option field (see :data:`PER_RUN`): not in the config table, not in fingerprints."""
     if factory is not None:
@@ -147,6 +169,8 @@ class SegmentOptions:
 class ExtractOptions:
     """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`).
 
+    ``ring_width_um`` > 0 adds rings of that fixed width from the nuclear edge inwards to the
+    features (see :func:`epikit.nuclei.shells.ring_regions`; needs the pixel size).
     Per run: ``images`` (the discovered input), ``masks`` (their label images; None: the run
     folder's ``masks/``) and ``features`` (measure per-cell features).
     """
@@ -158,6 +182,7 @@ class ExtractOptions:
     normalise: str = "image"
     min_area: int = 30
     max_area: int = 0
+    ring_width_um: float = 0.0
     images: tuple[ImageRecord, ...] = per_run(())
     masks: str | None = per_run(None)
     features: bool = per_run(True)

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from epikit.config import PLUGIN_STAGES, STAGES, dump_config, section_hash
 from epikit.errors import ConfigError
-from epikit.io import find_images, read_json, sha256_file, write_json
+from epikit.io import find_images, read_json, record_dict, record_sha256, write_json
 from epikit.io.discover import ImageRecord
 from epikit.io.store import atomic_path
-from epikit.options import STAGE_OPTIONS, options_from_table
+from epikit.options import STAGE_OPTIONS, ReadOptions, options_from_table
 from epikit.runfolder import layout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,6 +120,18 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def reading_summary(reading: ReadOptions, records: Sequence[ImageRecord]) -> dict[str, Any]:
+    """How the inputs were read, for the manifest and the report: Z projection, pixel size, channels."""
+    size = records[0].pixel_size_um if records else None
+    return {"z": reading.z, "z_default": reading.z == ReadOptions.z,
+            "max_z_planes": max((r.n_z for r in records), default=1),
+            "pixel_size_um": size,
+            "pixel_size_source": "--pixel-size" if reading.pixel_size_um > 0 else
+            ("metadata" if size else "unknown"),
+            "channel_names": list(records[0].channel_names) if records else [],
+            "pattern": reading.pattern, "layout": reading.layout}
+
+
 def run_pipeline(
     config: dict[str, Any],
     run_dir: str | Path,
@@ -148,21 +160,23 @@ def run_pipeline(
             _remove_outputs(run_dir, stage)
 
     source = Path(config["input"]) if config["input"] else _simulate_demo(run_dir, config)
-    records, skipped = find_images(source, config["channels"] or None,
-                                   skip_bad=bool(config["skip_bad"]))
-    inputs = [{"path": str(r.path), "condition": r.condition, "group": r.group,
-               "sha256": sha256_file(r.path)} for r in records]
+    reading = options_from_table(ReadOptions, config["read"])
+    records, skipped = find_images(source, config["channels"] or None, skip_bad=bool(config["skip_bad"]),
+                                   reading=reading, nuclear_channel=config["segment"]["nuclear_channel"])
+    inputs = [{**record_dict(r), "sha256": record_sha256(r)} for r in records]
     (run_dir / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
 
     # What the outputs depend on: each image's id, labels, channels and content, not where it
     # lies, so a moved input folder or a copied run folder (with its demo input) resumes.
     upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), i["sha256"])
-                             for r, i in zip(records, inputs)], config["channels"], config["seed"])
+                             for r, i in zip(records, inputs)], config["channels"], config["seed"],
+                            config["read"], [(r.z, r.pixel_size_um, r.scene) for r in records])
     manifest: dict[str, Any] = {
         **_environment(),
         "plugins": _plugin_provenance(config),
         "seed": config["seed"],
         "parameters": config,
+        "reading": reading_summary(reading, records),
         "inputs": inputs,
         "skipped_inputs": [{"path": str(s.path), "reason": s.reason} for s in skipped],
         "stage_seconds": {},

@@ -93,7 +93,7 @@ def segment_image(
     process). Returns ``n_nuclei, median_area, seconds, reused``.
     """
     from epikit.distributed import resolve_plugin
-    from epikit.io import mask_path, read_image, read_labels, write_tiff
+    from epikit.io import mask_path, read_labels, read_record, write_tiff
 
     segmenter = resolve_plugin(segmenter)
     target = mask_path(masks_dir, record)
@@ -102,7 +102,7 @@ def segment_image(
     if reused:
         labels = read_labels(target)
     else:
-        image = read_image(record.path).array
+        image = read_record(record).array
         channel = resolve_channel(nuclear_channel, record.channel_names)
         labels = segmenter.segment(image, nuclear_channel=channel)
         labels = check_labels(labels, image.shape[1:], type(segmenter).__name__)

@@ -133,10 +133,10 @@ def test_channels_option_must_name_every_channel(condition_folder):
         discover_images(condition_folder, channels=["Hoechst", "CTCF"])
 
 
-def test_non_2d_image(condition_folder):
-    stack = condition_folder / "vpa" / "stack.tif"
-    tifffile.imwrite(stack, np.zeros((4, 3, 16, 16), np.uint16), photometric="minisblack", metadata={"axes": "ZCYX"})
-    with pytest.raises(InputError, match="stack.tif: not a 2D image"):
+def test_time_series_is_rejected(condition_folder):
+    stack = condition_folder / "vpa" / "series.tif"
+    tifffile.imwrite(stack, np.zeros((4, 3, 16, 16), np.uint16), photometric="minisblack", metadata={"axes": "TCYX"})
+    with pytest.raises(InputError, match=r"series.tif: not a channel or Z axis \(T=4"):
         discover_images(condition_folder)
 
 

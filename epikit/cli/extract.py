@@ -10,7 +10,8 @@ import typer
 
 from epikit.cli import command
 from epikit.cli.cluster import SCHEDULER, WORKERS
-from epikit.options import ExtractOptions
+from epikit.cli.reading import CHANNELS, LAYOUT, PATTERN, PIXEL_SIZE, Z, discover
+from epikit.options import ExtractOptions, SegmentOptions
 
 
 @command("extract")
@@ -26,7 +27,13 @@ def extract_command(
     max_area: int = typer.Option(ExtractOptions.max_area, "--max-area", help="Skip nuclei larger than this many pixels (0: no limit)."),
     align: str = typer.Option(ExtractOptions.align, "--align", help="none, or major-axis: rotate each nucleus's major axis to horizontal."),
     normalise: str = typer.Option(ExtractOptions.normalise, "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
-    channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
+    channels: Optional[str] = CHANNELS,
+    nuclear_channel: str = typer.Option(str(SegmentOptions.nuclear_channel), "--nuclear-channel", help="Channel --z best focuses on (as given to `epikit segment`)."),
+    z: Optional[str] = Z,
+    pixel_size: Optional[float] = PIXEL_SIZE,
+    pattern: Optional[str] = PATTERN,
+    layout: Optional[Path] = LAYOUT,
+    ring_width_um: float = typer.Option(ExtractOptions.ring_width_um, "--ring-width-um", help="Also measure rings of this fixed width (µm) from the nuclear edge inwards (0: off)."),
     features: bool = typer.Option(ExtractOptions.features, "--features/--no-features", help="Measure per-cell features (morphology, intensity, texture, shells)."),
     workers: int = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
@@ -34,12 +41,10 @@ def extract_command(
     """Cut every nucleus out into crops.zarr and measure it into cells.parquet (resumable)."""
     from epikit.distributed import get_executor
     from epikit.extraction import run
-    from epikit.io import discover_images
 
-    names = [name.strip() for name in channels.split(",")] if channels else None
-    records = discover_images(input, names, min_conditions=1)
+    records = discover(input, channels, z, pixel_size, pattern, layout, nuclear_channel)
     options = ExtractOptions(crop_size=crop_size, keep_context=keep_context, scale=scale, align=align,
-                             normalise=normalise, min_area=min_area, max_area=max_area,
+                             normalise=normalise, min_area=min_area, max_area=max_area, ring_width_um=ring_width_um,
                              images=tuple(records), masks=None if masks is None else str(masks),
                              features=features)
     with warnings.catch_warnings(record=True) as caught, get_executor(workers, scheduler) as executor:

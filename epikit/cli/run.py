@@ -9,6 +9,7 @@ import typer
 
 from epikit.cli import command, parse_params
 from epikit.cli.cluster import SCHEDULER, WORKERS
+from epikit.cli.reading import CHANNELS, LAYOUT, PATTERN, PIXEL_SIZE, Z, channel_list, reading_flags
 
 
 def resolve_settings(
@@ -20,22 +21,27 @@ def resolve_settings(
     seed: int | None = None,
     skip_bad: bool = False,
     plugins: dict[str, dict[str, str | None]] | None = None,
+    reading: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Defaults, then ``--config``, then command-line flags, then ``-p stage.key=value``."""
+    """Defaults, then ``--config``, then command-line flags, then ``-p stage.key=value``.
+
+    ``reading`` holds the flags of the ``read`` table (``--z``, ``--pixel-size``, ...); None
+    values are left alone.
+    """
     from epikit.config import default_config, load_config, merge_config, overrides_from_params
 
     settings = load_config(config) if config else default_config()
     flags: dict[str, Any] = {}
     if input is not None:
         flags["input"] = str(input)
-    if channels:
-        flags["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
+    if channel_list(channels):
+        flags["channels"] = channel_list(channels)
     if seed is not None:
         flags["seed"] = seed
     if skip_bad:
         flags["skip_bad"] = True
-    for stage, options in (plugins or {}).items():
-        chosen = {key: value for key, value in options.items() if value}
+    for stage, options in {**(plugins or {}), "read": reading or {}}.items():
+        chosen = {key: value for key, value in options.items() if value not in (None, "")}
         if chosen:
             flags[stage] = chosen
     settings = merge_config(settings, flags)
@@ -53,7 +59,11 @@ def run_command(
     segmenter: Optional[str] = typer.Option(None, help="Segmenter plugin name."),
     classifier: Optional[str] = typer.Option(None, help="Classifier plugin name."),
     explainer: Optional[str] = typer.Option(None, help="Explainer plugin name."),
-    channels: Optional[str] = typer.Option(None, help="Comma-separated channel names, in file order."),
+    channels: Optional[str] = CHANNELS,
+    z: Optional[str] = Z,
+    pixel_size: Optional[float] = PIXEL_SIZE,
+    pattern: Optional[str] = PATTERN,
+    layout: Optional[Path] = LAYOUT,
     seed: Optional[int] = typer.Option(None, help="Random seed for every stage."),
     param: Optional[list[str]] = typer.Option(
         None, "--param", "-p", help="stage.key=value, e.g. -p train.epochs=20 -p segment.min_area=30."),
@@ -70,7 +80,8 @@ def run_command(
     settings = resolve_settings(config, input, channels, param, seed=seed, skip_bad=skip_bad,
                                 plugins={"segment": {"segmenter": segmenter},
                                          "train": {"classifier": classifier},
-                                         "explain": {"explainer": explainer}})
+                                         "explain": {"explainer": explainer}},
+                                reading=reading_flags(z, pixel_size, pattern, layout))
     with get_executor(workers, scheduler) as executor:
         manifest = run_pipeline(settings, out, force=force, progress=not quiet, executor=executor)
     typer.echo(f"run folder: {out}")

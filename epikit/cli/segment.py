@@ -9,6 +9,7 @@ import typer
 
 from epikit.cli import command, parse_params
 from epikit.cli.cluster import SCHEDULER, WORKERS
+from epikit.cli.reading import CHANNELS, LAYOUT, PATTERN, PIXEL_SIZE, Z, discover
 from epikit.options import SegmentOptions
 
 
@@ -19,7 +20,11 @@ def segment_command(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Segmenter parameter key=value (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<condition>/<stem>.tif and segmentation.csv."),
     nuclear_channel: str = typer.Option(str(SegmentOptions.nuclear_channel), "--nuclear-channel", help="Index or name of the DNA channel."),
-    channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel names for all images."),
+    channels: Optional[str] = CHANNELS,
+    z: Optional[str] = Z,
+    pixel_size: Optional[float] = PIXEL_SIZE,
+    pattern: Optional[str] = PATTERN,
+    layout: Optional[Path] = LAYOUT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again even where a mask exists."),
     workers: int = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
@@ -30,11 +35,9 @@ def segment_command(
     with the same segmenter and parameters; OUT/segmentation.json records those.
     """
     from epikit.distributed import get_executor
-    from epikit.io import discover_images
     from epikit.segmentation import run
 
-    names = [name.strip() for name in channels.split(",")] if channels else None
-    records = discover_images(input, names, min_conditions=1)
+    records = discover(input, channels, z, pixel_size, pattern, layout, nuclear_channel)
     options = SegmentOptions(segmenter=segmenter, nuclear_channel=nuclear_channel, params=parse_params(param),
                              images=tuple(records), overwrite=overwrite)
     with get_executor(workers, scheduler) as executor:

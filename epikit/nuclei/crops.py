@@ -293,6 +293,16 @@ def _resample(patches: Sequence[np.ndarray], origins: Sequence[tuple[int, int]],
                          padding_mode="zeros", align_corners=False)
 
 
+def ring_width_pixels(ring_width_um: float, pixel_size_um: float | None) -> float:
+    """The fixed ring width in pixels (0: no rings); a ring width needs a known pixel size."""
+    if not ring_width_um:
+        return 0.0
+    if ring_width_um < 0 or not pixel_size_um:
+        raise ConfigError(f"extract.ring_width_um={ring_width_um} needs a positive width and a known "
+                          "pixel size; the images carry none, so pass --pixel-size (micrometres)")
+    return float(ring_width_um) / float(pixel_size_um)
+
+
 def describe_nuclei(
     image: np.ndarray,
     labels: np.ndarray,
@@ -301,10 +311,14 @@ def describe_nuclei(
     *,
     features: bool = True,
     n_shells: int = 5,
+    pixel_size_um: float | None = None,
+    ring_width_um: float = 0.0,
 ) -> list[dict[str, object]]:
     """One row per nucleus: label, bbox, centroid, area, orientation, eccentricity, crop scale,
-    clipped flag and (with ``features``) the columns of :mod:`epikit.nuclei.features` measured on the
-    raw image."""
+    clipped flag, pixel size (µm, NaN if unknown) and (with ``features``) the columns of
+    :mod:`epikit.nuclei.features` measured on the raw image (µm columns when the pixel size is
+    known, fixed-width rings of ``ring_width_um`` when positive)."""
+    ring_width_px = ring_width_pixels(ring_width_um, pixel_size_um)
     rows = []
     for n in nuclei:
         y0, x0, y1, x1 = n.bbox
@@ -313,10 +327,12 @@ def describe_nuclei(
             "centroid_y": n.centroid[0], "centroid_x": n.centroid[1], "area": n.area,
             "orientation": n.orientation, "eccentricity": n.eccentricity,
             "crop_scale": n.scale, "clipped": n.clipped,
+            "pixel_size_um": float(pixel_size_um) if pixel_size_um else float("nan"),
         }
         if features:
             mask = labels[n.slices] == n.label
             row.update(cell_features(image[(slice(None),) + n.slices], mask, channel_names,
-                                     n_shells=n_shells))
+                                     n_shells=n_shells, pixel_size_um=pixel_size_um,
+                                     ring_width_px=ring_width_px))
         rows.append(row)
     return rows

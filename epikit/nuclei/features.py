@@ -27,6 +27,11 @@ column                         meaning
 ``<ch>_shell_<k>_share``       shell k's share of the summed shell means (``scaled``)
 ``<ch>_dshell_<k>_mean``       mean intensity in shell k, ``distance`` method
 ``<ch>_dshell_<k>_share``      shell k's share of the summed shell means (``distance``)
+``area_um2``                   area in µm² (only when the pixel size is known)
+``perimeter_um``               perimeter in µm (only when the pixel size is known)
+``diameter_um``                equivalent diameter 2 sqrt(area / pi) in µm (likewise)
+``<ch>_ring_<k>_mean``         mean intensity in the fixed-width ring k (1 = rim, only with a ring width)
+``<ch>_ring_<k>_share``        ring k's share of the summed ring means
 =============================  ==============================================================
 
 Texture: the nucleus's intensities are quantised into ``glcm_levels`` (default 32) grey levels
@@ -47,22 +52,32 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import perimeter
 
-from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
+from epikit.nuclei.shells import ring_regions, shell_means, shell_regions, shell_shares
 
 MORPHOLOGY_FEATURES: tuple[str, ...] = ("area", "perimeter", "solidity", "eccentricity", "form_factor")
 INTENSITY_FEATURES: tuple[str, ...] = ("mean", "integrated", "std")
 TEXTURE_FEATURES: tuple[str, ...] = ("glcm_contrast", "glcm_homogeneity", "glcm_correlation", "glcm_entropy")
 #: Column prefix of each shell method.
 SHELL_PREFIXES: dict[str, str] = {"scaled": "shell", "distance": "dshell"}
+#: Morphology in micrometres, measured when the pixel size is known.
+UNIT_FEATURES: tuple[str, ...] = ("area_um2", "perimeter_um", "diameter_um")
+#: Column prefix of the fixed-width rings (:func:`epikit.nuclei.shells.ring_regions`).
+RING_PREFIX = "ring"
 GLCM_OFFSETS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (1, 0), (1, -1))
 
 
-def feature_names(channel_names: Sequence[str], n_shells: int = 5) -> list[str]:
-    """The feature columns, in the order :func:`cell_features` returns them."""
-    names = list(MORPHOLOGY_FEATURES)
+def feature_names(channel_names: Sequence[str], n_shells: int = 5, *, physical: bool = False,
+                  rings: bool = False) -> list[str]:
+    """The feature columns, in the order :func:`cell_features` returns them.
+
+    ``physical``: with the micrometre columns (a pixel size is known); ``rings``: with the
+    fixed-width ring columns (a ring width is given).
+    """
+    names = list(MORPHOLOGY_FEATURES) + (list(UNIT_FEATURES) if physical else [])
+    prefixes = list(SHELL_PREFIXES.values()) + ([RING_PREFIX] if rings else [])
     for channel in channel_names:
         names += [f"{channel}_{f}" for f in INTENSITY_FEATURES + TEXTURE_FEATURES]
-        for prefix in SHELL_PREFIXES.values():
+        for prefix in prefixes:
             names += [f"{channel}_{prefix}_{k}_{stat}" for k in range(1, n_shells + 1)
                       for stat in ("mean", "share")]
     return names
@@ -190,11 +205,14 @@ def cell_features(
     *,
     n_shells: int = 5,
     glcm_levels: int = 32,
+    pixel_size_um: float | None = None,
+    ring_width_px: float = 0.0,
 ) -> dict[str, float]:
     """All features of one nucleus, keyed by the names of :func:`feature_names`.
 
     ``pixels`` is the raw image patch ``(C, H, W)`` around the nucleus (its bounding box) and
-    ``mask`` the nucleus's boolean mask ``(H, W)`` on that patch.
+    ``mask`` the nucleus's boolean mask ``(H, W)`` on that patch. ``pixel_size_um`` adds the
+    micrometre columns; ``ring_width_px`` > 0 adds ``n_shells`` fixed-width rings.
     """
     inside = mask.astype(bool)
     pixels = np.asarray(pixels, dtype=np.float64)
@@ -204,8 +222,15 @@ def cell_features(
     for method, prefix in SHELL_PREFIXES.items():
         means = shell_means(pixels, shell_regions(inside, n_shells, method), n_shells)
         profiles[prefix] = (means, shell_shares(means))
+    if ring_width_px > 0:
+        means = shell_means(pixels, ring_regions(inside, n_shells, ring_width_px), n_shells)
+        profiles[RING_PREFIX] = (means, shell_shares(means))
 
     features = morphology_features(inside)
+    if pixel_size_um:
+        features.update({"area_um2": features["area"] * pixel_size_um**2,
+                         "perimeter_um": features["perimeter"] * pixel_size_um,
+                         "diameter_um": 2 * math.sqrt(features["area"] / math.pi) * pixel_size_um})
     for c, channel in enumerate(channel_names):
         features[f"{channel}_mean"] = float(values[c].mean())
         features[f"{channel}_integrated"] = float(values[c].sum())

@@ -27,6 +27,12 @@ exactly one shell, every pixel outside the nucleus is ``0``):
 
 Small nuclei can leave a shell empty (its mean is then NaN).
 
+Fixed-width rings (:func:`ring_regions`, CellProfiler users' absolute mode)
+    Rings of a fixed width ``w`` (pixels; ``extract.ring_width_um`` / pixel size) from the
+    edge inwards, by the same boundary distance ``d - 1/2``: ring ``k < n`` holds
+    ``(k-1) w <= d - 1/2 < k w``, ring ``n`` everything deeper (the core). Unlike the
+    relative shells, a ring means the same micrometres in a small and a large nucleus.
+
 Example (also on a batch of explanation maps ``(N, H, W)`` with their crop masks)::
 
     regions = shell_regions(mask, n_shells=5, method="scaled")   # int8 (H, W)
@@ -98,6 +104,26 @@ def shell_regions(mask: np.ndarray, n_shells: int = 5, method: str = "scaled") -
         return regions
     assign = _scaled_shells if method == "scaled" else _distance_shells
     regions[rows, cols] = assign(rows, cols, inside, n_shells)
+    return regions
+
+
+def ring_regions(mask: np.ndarray, n_rings: int, width: float) -> np.ndarray:
+    """Label fixed-width rings of one nucleus ``(H, W)``: 0 outside, 1 = rim ... ``n_rings`` = core.
+
+    ``width`` is the ring width in pixels (see the module docstring); int8 like
+    :func:`shell_regions`, so :func:`shell_means` takes the result.
+    """
+    _check_method(n_rings, "distance")
+    if not width > 0:
+        raise ConfigError(f"ring width must be positive, got {width!r} pixels")
+    inside = np.asarray(mask).astype(bool, copy=False)
+    if inside.ndim != 2:
+        raise InputError(f"ring_regions needs a 2D mask (H, W), got shape {inside.shape}")
+    regions = np.zeros(inside.shape, dtype=np.int8)
+    rows, cols = np.nonzero(inside)
+    if rows.size:
+        depth = ndi.distance_transform_edt(np.pad(inside, 1))[rows + 1, cols + 1] - 0.5
+        regions[rows, cols] = np.clip(np.floor(depth / width + 1e-9) + 1, 1, n_rings).astype(np.int8)
     return regions
 
 

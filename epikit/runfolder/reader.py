@@ -140,9 +140,17 @@ class RunFolder:
         channels = _string_list((self.manifest.get("parameters") or {}).get("channels"))
         return channels or []
 
-    def mask_file(self, path: str, condition: str) -> Path:
-        """The label image the segment stage wrote for the input image at ``path``."""
+    def mask_file(self, image_id: str) -> Path:
+        """The label image the segment stage wrote for the input image ``image_id``."""
         from epikit.io import ImageRecord, mask_path
 
-        record = ImageRecord(Path(path), condition, condition, (), condition)
-        return mask_path(self.path / layout.MASKS, record)
+        return mask_path(self.path / layout.MASKS, ImageRecord(Path(image_id), "", "", (), image_id))
+
+    def input_record(self, image_id: str) -> Any | None:
+        """The :class:`~epikit.io.ImageRecord` of input ``image_id`` from the manifest (None if absent)."""
+        from epikit.io import record_from_dict
+
+        for entry in self.manifest.get("inputs") or []:
+            if isinstance(entry, dict) and entry.get("image_id") == image_id:
+                return record_from_dict(entry)
+        return None

@@ -36,7 +36,8 @@ def overview(report: ReportContext) -> Markup:
                     class_="cards")]
     if run.conditions:
         body.append(paragraph("Conditions: ", ", ".join(run.conditions),
-                              ". Channels: ", ", ".join(run.channel_names) or "unknown", "."))
+                              ". Channels: ", ", ".join(run.channel_names) or "unknown", ". ",
+                              reading_text(run.manifest.get("reading"))))
     found = findings(run)
     if found:
         trust = found[0].get("trust") if isinstance(found[0], Mapping) else None
@@ -44,6 +45,23 @@ def overview(report: ReportContext) -> Markup:
         body.append(paragraph(element("b", "Top finding: "), finding_text(found[0]),
                               f" (flags: {'; '.join(flags)})" if flags else ""))
     return join(body)
+
+
+def reading_text(reading: Any) -> str:
+    """Pixel size (with its source) and the Z projection of a run, as the manifest records them."""
+    if not isinstance(reading, Mapping):
+        return ""
+    size = reading.get("pixel_size_um")
+    text = (f"Pixel size: {size:.4g} µm (from {reading.get('pixel_size_source')}); lengths in µm, areas in µm²."
+            if is_number(size) else "Pixel size: unknown (lengths and areas in pixels; set --pixel-size for µm).")
+    planes = reading.get("max_z_planes")
+    if is_number(planes) and planes > 1:
+        how = {"max": "maximum projection", "mean": "mean projection",
+               "best": "the sharpest plane of the nuclear channel"}.get(str(reading.get("z")),
+                                                                      f"plane {reading.get('z')}")
+        default = " (the default; choose with --z max|mean|best|N)" if reading.get("z_default") else ""
+        text += f" Z-stacks (up to {planes:g} planes) were reduced by {how}{default}."
+    return text
 
 
 def warning_texts(run: RunFolder) -> list[str]:

@@ -75,23 +75,24 @@ def _nuclear_channel(run: RunFolder) -> int | str:
 def _overlays(report: ReportContext, frame: Any) -> list[Markup]:
     """Label outlines over the nuclear channel of a few fields per condition."""
     from epikit.errors import EpikitError
-    from epikit.io import read_image, read_labels
+    from epikit.io import read_image, read_labels, read_record
     from epikit.segmentation import resolve_channel
 
     run = report.run
-    if "path" not in frame:
-        return [unavailable("Segmentation overlays", "the image path column")]
+    if "path" not in frame or "image_id" not in frame:
+        return [unavailable("Segmentation overlays", "the image path and id columns")]
     shown: list[Markup] = []
     for condition in sorted(frame["condition"].unique()):
         subset = frame[frame["condition"] == condition].sort_values("path")
         for index in summaries.spread_indices(len(subset), FIELDS_PER_CONDITION):
-            path = str(subset["path"].iloc[index])
-            mask = run.mask_file(path, condition)
+            path, image_id = str(subset["path"].iloc[index]), str(subset["image_id"].iloc[index])
+            mask = run.mask_file(image_id)
             if not mask.is_file():
                 shown.append(note(f"No mask for {path} ({mask.relative_to(run.path)} missing)."))
                 continue
             try:
-                pixels = read_image(path)
+                record = run.input_record(image_id)
+                pixels = read_record(record) if record is not None else read_image(path)
                 channel = pixels.array[resolve_channel(_nuclear_channel(run), pixels.channel_names)]
             except EpikitError as error:
                 shown.append(note(f"No overlay for {path}: {error}"))
