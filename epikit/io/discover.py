@@ -37,7 +37,7 @@ from epikit.io.omezarr import ZARR_SUFFIX, is_plate
 from epikit.io.plates import plate_entries
 from epikit.io.record import ImageRecord, InputEntry
 from epikit.io.sources import check_same_shape, probe_source
-from epikit.io.zstack import parse_z
+from epikit.io.zstack import check_plane, parse_z
 
 if TYPE_CHECKING:  # pragma: no cover
     from epikit.options import ReadOptions
@@ -234,6 +234,7 @@ def find_images(
             if first is not None and first.shape[0] != info.shape[0]:
                 raise InputError(f"{info.path}: has {info.shape[0]} channel(s) but {first.path} has "
                                  f"{first.shape[0]}; all images must have the same channels")
+            check_plane(z, info.n_z, str(info.path))
             first = first or info
             name = entry.name or _stem(entry.path)
             image_id = f"{entry.condition}/{name}" + (f"_s{scene}" if len(infos) > 1 and not entry.channel_files else "")

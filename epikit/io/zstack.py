@@ -41,6 +41,15 @@ def parse_z(value: str | int) -> str | int:
     return plane
 
 
+def check_plane(z: str | int, n_planes: int, source: str = "image") -> str | int:
+    """``z`` parsed (see :func:`parse_z`); a plane index the stack of ``n_planes`` lacks is an error."""
+    mode = parse_z(z)
+    if isinstance(mode, int) and mode >= n_planes:
+        raise InputError(f"{source}: has {n_planes} z-plane(s), so --z {mode} does not exist; "
+                         f"give a plane from 0 to {n_planes - 1} or --z max")
+    return mode
+
+
 def sharpest_plane(planes: np.ndarray) -> int:
     """Index of the plane of ``planes (Z, Y, X)`` with the largest variance of the Laplacian."""
     scores = [float(ndi.laplace(plane.astype(np.float32)).var()) for plane in planes]
@@ -52,12 +61,9 @@ def project(stack: np.ndarray, z: str | int, channel: int = 0, source: str = "im
 
     ``channel`` is the nuclear channel ``best`` focuses on; ``source`` names the file in errors.
     """
-    mode = parse_z(z)
+    mode = check_plane(z, stack.shape[1], source)
     n_planes = stack.shape[1]
     if isinstance(mode, int):
-        if mode >= n_planes:
-            raise InputError(f"{source}: has {n_planes} z-plane(s), so --z {mode} does not exist; "
-                             f"give a plane from 0 to {n_planes - 1} or --z max")
         return stack[:, mode].astype(np.float32)
     if n_planes == 1:
         return stack[:, 0].astype(np.float32)
