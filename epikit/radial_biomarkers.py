@@ -31,7 +31,7 @@ from epikit.analysis.biomarkers import COLUMNS
 from epikit.analysis.radial import compare_profiles, interval_region, localisation
 from epikit.analysis.stats import benjamini_hochberg
 from epikit.errors import DataError
-from epikit.nuclei.profiles import bin_edges, radial_profiles
+from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
 from epikit.runfolder.layout import MAPS
 from epikit.runfolder.maps import StoredMaps
 from epikit.runfolder.profiles import QUANTITY, write_cell_profiles, write_profile_curves
@@ -79,9 +79,10 @@ def _profile_blocks(n: int, read_values: Callable[[int, int], np.ndarray],
     for a in range(0, n, BLOCK):
         b = min(a + BLOCK, n)
         values, masks = read_values(a, b), read_masks(a, b)
-        out["relative"].append(radial_profiles(values, masks, bins))
+        distance = outline_distance(masks)
+        out["relative"].append(radial_profiles(values, masks, bins, distance=distance))
         if pixel_um is not None:
-            out["um"].append(radial_profiles(values, masks, bins, "um", pixel_um[a:b], bin_um))
+            out["um"].append(radial_profiles(values, masks, bins, "um", pixel_um[a:b], bin_um, distance))
     return {scale: np.concatenate(parts) for scale, parts in out.items() if parts}
 
 

@@ -146,8 +146,9 @@ def simultaneous_band(estimate: np.ndarray, error: np.ndarray, replicates: np.nd
     Studentising each replicate by its own standard error carries the extra uncertainty of
     a standard error estimated from few units (a plain percentile band of 6 images covers
     far less than it claims when images differ). A replicate with a zero error counts as
-    infinitely far (so with very few units the band can be infinite); bins without an error
-    (one unit) get a NaN band.
+    infinitely far; when that makes the critical value infinite (very few units, so that
+    many replicates draw a single unit) or a bin has no error (one unit), the band is NaN:
+    it cannot be estimated from such data.
     """
     estimate = np.asarray(estimate, dtype=np.float64)
     replicates = np.asarray(replicates, dtype=np.float64)
@@ -155,11 +156,11 @@ def simultaneous_band(estimate: np.ndarray, error: np.ndarray, replicates: np.nd
         scaled = np.abs(replicates - estimate) / np.asarray(replicate_errors, dtype=np.float64)
     scaled = np.where(np.isnan(scaled) & ~np.isnan(replicates), np.inf, scaled)
     usable = ~np.isnan(np.asarray(error, dtype=np.float64))
-    worst = np.max(np.where(usable, np.nan_to_num(scaled, nan=0.0), 0.0), axis=1) if usable.any() else np.zeros(0)
-    critical = float(np.quantile(worst, level)) if worst.size else float("nan")
+    worst = np.max(np.where(usable & ~np.isnan(scaled), scaled, 0.0), axis=1) if usable.any() else np.zeros(0)
+    critical = float(np.quantile(worst, level, method="inverted_cdf")) if worst.size else float("nan")
+    critical = critical if np.isfinite(critical) else float("nan")
     with np.errstate(invalid="ignore"):
-        half = np.where(usable, critical * np.nan_to_num(error, nan=0.0), np.nan)
-    half = np.where(np.asarray(error) == 0, 0.0, half)
+        half = np.where(usable, critical * np.where(usable, error, 0.0), np.nan)
     return estimate - half, estimate + half
 
 

@@ -73,16 +73,19 @@ def _check(n_bins: int, scale: str, bin_um: float) -> None:
 
 
 def radial_bins(masks: np.ndarray, n_bins: int = 20, scale: str = "relative",
-                pixel_um: np.ndarray | float | None = None, bin_um: float = 0.25) -> np.ndarray:
+                pixel_um: np.ndarray | float | None = None, bin_um: float = 0.25,
+                distance: np.ndarray | None = None) -> np.ndarray:
     """The radial bin of every pixel, ``(N, S, S)`` int64: ``0`` at the outline, ``-1`` in no bin.
 
     ``pixel_um`` (scale ``um`` only): micrometres per crop pixel, one number or one per nucleus.
+    ``distance``: :func:`outline_distance` of ``masks`` when already computed (one distance
+    transform then serves both scales).
     """
     _check(n_bins, scale, bin_um)
-    distance = outline_distance(masks).astype(np.float64)
+    distance = outline_distance(masks) if distance is None else distance
     inside = ~np.isnan(distance)
     if scale == "relative":
-        deepest = np.nanmax(np.where(inside, distance, -np.inf), axis=(1, 2), initial=-np.inf)
+        deepest = np.max(np.where(inside, distance, 0.0), axis=(1, 2))
         position = distance / np.where(deepest > 0, deepest, 1.0)[:, None, None]
     else:
         if pixel_um is None:
@@ -90,21 +93,24 @@ def radial_bins(masks: np.ndarray, n_bins: int = 20, scale: str = "relative",
         size = np.broadcast_to(np.asarray(pixel_um, dtype=np.float64), (len(distance),))
         if not np.all(np.isfinite(size) & (size > 0)):
             raise InputError("micrometre profiles need a positive, finite pixel size for every nucleus")
-        position = distance * size[:, None, None] / (n_bins * bin_um)
-    index = np.where(inside, np.minimum(np.floor(np.nan_to_num(position, nan=0.0) * n_bins), n_bins - 1), -1)
-    if scale == "um":  # deeper than the last edge: in no bin (the relative scale ends at 1 exactly)
-        index = np.where(inside & (position >= 1.0), -1, index)
-    return index.astype(np.int64)
+        position = distance * (size / (n_bins * bin_um))[:, None, None]
+    with np.errstate(invalid="ignore"):
+        index = np.minimum(np.floor(position * n_bins), n_bins - 1)
+        # Deeper than the last edge (micrometres only; the relative scale ends at 1 exactly): no bin.
+        binned = inside if scale == "relative" else inside & (position < 1.0)
+    return np.where(binned, index, -1).astype(np.int64)
 
 
 def radial_profiles(values: np.ndarray, masks: np.ndarray, n_bins: int = 20, scale: str = "relative",
-                    pixel_um: np.ndarray | float | None = None, bin_um: float = 0.25) -> np.ndarray:
+                    pixel_um: np.ndarray | float | None = None, bin_um: float = 0.25,
+                    distance: np.ndarray | None = None) -> np.ndarray:
     """Per nucleus and channel the bin means over the nucleus mean: ``(N, [C,] S, S)`` -> ``(N, [C,] n_bins)``.
 
     ``values`` are crops ``(N, C, S, S)`` or maps ``(N, S, S)``; ``masks`` ``(N, S, S)`` mark
-    each nucleus. Empty bins, and nuclei whose mean is 0, give NaN.
+    each nucleus (``distance``: their :func:`outline_distance`, if computed already). Empty
+    bins, and nuclei whose mean is 0, give NaN. One ``bincount`` for the whole batch.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     single = values.ndim == 3
     if single:
         values = values[:, None]
@@ -113,17 +119,17 @@ def radial_profiles(values: np.ndarray, masks: np.ndarray, n_bins: int = 20, sca
         raise InputError(f"radial_profiles needs values (N, C, S, S) or (N, S, S) and masks (N, S, S); "
                          f"got {values.shape} and {masks.shape}")
     n, channels = values.shape[:2]
-    bins = radial_bins(masks, n_bins, scale, pixel_um, bin_um)
-    in_bin = bins >= 0
-    cell = np.broadcast_to(np.arange(n)[:, None, None], bins.shape)[in_bin]
-    index = cell * n_bins + bins[in_bin]
-    counts = np.bincount(index, minlength=n * n_bins).reshape(n, n_bins)
-    sums = np.stack([np.bincount(index, weights=values[:, c][in_bin], minlength=n * n_bins).reshape(n, n_bins)
-                     for c in range(channels)], axis=1)
-    area = masks.sum(axis=(1, 2))
-    nucleus_mean = (values * masks[:, None]).sum(axis=(2, 3)) / np.maximum(area, 1)[:, None]
+    bins = radial_bins(masks, n_bins, scale, pixel_um, bin_um, distance)
+    # Slots per nucleus and channel: the bins, then "inside but in no bin", then "outside".
+    slots = n_bins + 2
+    slot = np.where(bins >= 0, bins, np.where(masks, n_bins, n_bins + 1)).reshape(n, 1, -1)
+    index = (np.arange(n * channels).reshape(n, channels, 1) * slots + slot).ravel()
+    sums = np.bincount(index, weights=values.reshape(-1), minlength=n * channels * slots).reshape(n, channels, slots)
+    counts = np.bincount((np.arange(n)[:, None] * slots + slot[:, 0]).ravel(), minlength=n * slots).reshape(n, slots)
+    area = counts[:, : n_bins + 1].sum(axis=1)
+    nucleus_mean = sums[..., : n_bins + 1].sum(axis=2) / np.maximum(area, 1)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts[:, None, :]
-        profile = np.where((nucleus_mean != 0)[..., None] & (area > 0)[:, None, None],
+        means = sums[..., :n_bins] / counts[:, None, :n_bins]
+        profile = np.where(((nucleus_mean != 0) & (area > 0)[:, None])[..., None],
                            means / nucleus_mean[..., None], np.nan)
     return profile[:, 0] if single else profile
