@@ -6,6 +6,7 @@ Public API (importing epikit does not import torch)::
     epikit.list_segmenters()
     seg = epikit.get_segmenter("watershed")
     epikit.describe("classifier", "resnet10")
+    epikit.profiles("run", level="condition")   # radial profiles of a run folder, tidy
 
 Plugins mark their hook functions with :data:`hookimpl`; see :mod:`epikit.hookspecs`.
 """
@@ -42,6 +43,7 @@ __all__ = [
 # Heavy public names, imported on first access so `import epikit` stays light.
 _LAZY: dict[str, str] = {
     "CellDataset": "epikit.runfolder.cells:CellDataset",
+    "profiles": "epikit.runfolder.profiles:profiles",
     "run_pipeline": "epikit.pipeline:run_pipeline",
     "simulate_dataset": "epikit.simulate:simulate_dataset",
 }

@@ -43,6 +43,7 @@ from epikit.analysis.trust import (
 from epikit.errors import ConfigError, DataError
 from epikit.io.store import write_csv
 from epikit.options import BiomarkerOptions
+from epikit.radial_biomarkers import radial_biomarkers
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
 from epikit.runfolder.crops import read_masks
@@ -73,6 +74,9 @@ def biomarker_run(
     control_epochs: int | None = BiomarkerOptions.control_epochs,
     explainers: Sequence[str] | None = None,
     maps: bool = True,
+    profile_bins: int = BiomarkerOptions.profile_bins,
+    profile_bin_um: float = BiomarkerOptions.profile_bin_um,
+    profile_resamples: int = BiomarkerOptions.profile_resamples,
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
@@ -84,7 +88,10 @@ def biomarker_run(
     faithfulness for ``explainers`` (default: the stored maps' explainer, gradcam and
     scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
     condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
-    checks). The returned summary lists the findings as sentences with their flags.
+    checks). Radial profiles with ``profile_bins`` bins (``profile_bin_um`` micrometres when
+    cells.parquet has ``pixel_size_um``) and ``profile_resamples`` resamples add interval rows
+    and findings (:mod:`epikit.radial_biomarkers`). The returned summary lists the findings
+    as sentences with their flags.
     """
     if shell_method not in SHELL_COLUMN_PREFIX:
         raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
@@ -115,8 +122,10 @@ def biomarker_run(
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
     table = biomarker_table(long, reference, image_test, seed)
+    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
+                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha)
+    table, findings = radial.merge(table, rank_findings(table, alpha, n_shells))
     write_csv(table, run_dir / BIOMARKERS)
-    findings = rank_findings(table, alpha, n_shells)
     summary: dict[str, Any] = {
         "reference": reference,
         "alpha": alpha,
@@ -128,6 +137,7 @@ def biomarker_run(
         "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
         "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
         "profiles": shell_profiles(long, seed),
+        "radial_profiles": radial.summary,
     }
     if trust:
         checks = trust_checks(run_dir, map_sets[0], reference=reference, seed=seed, alpha=alpha,
@@ -156,7 +166,8 @@ def run(
     return biomarker_run(run_dir, reference=options.reference, trust=options.trust, seed=options.seed,
                          alpha=options.alpha, image_test=options.image_test,
                          shell_method=options.shell_method, trust_cells=options.trust_cells,
-                         control_epochs=options.control_epochs)
+                         control_epochs=options.control_epochs, profile_bins=options.profile_bins,
+                         profile_bin_um=options.profile_bin_um, profile_resamples=options.profile_resamples)
 
 
 def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:

@@ -229,6 +229,9 @@ class ExplainOptions:
 class BiomarkerOptions:
     """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes.
 
+    Radial profiles (:mod:`epikit.radial_biomarkers`): ``profile_bins`` bins from the outline
+    to the centre (and of ``profile_bin_um`` micrometres when the pixel size is known),
+    ``profile_resamples`` bootstrap replicates and permutations.
     Per run: ``seed``, the finding threshold ``alpha``, the image-level test and the shell
     definition (see :func:`epikit.biomarker_stage.biomarker_run`).
     """
@@ -237,6 +240,9 @@ class BiomarkerOptions:
     trust: bool = True
     trust_cells: int = 24
     control_epochs: int = 6
+    profile_bins: int = 20
+    profile_bin_um: float = 0.25
+    profile_resamples: int = 1000
     seed: int = per_run(0)
     alpha: float = per_run(0.05)
     image_test: str = per_run("permutation")

@@ -106,7 +106,7 @@ def minimum_p(n: int, m: int, test: str = "permutation") -> float:
 
 
 @lru_cache(maxsize=32)
-def _all_splits(total: int, n: int) -> np.ndarray:
+def all_splits(total: int, n: int) -> np.ndarray:
     """Every choice of ``n`` of ``total`` indices, as an array (C(total, n), n)."""
     splits = np.array(list(itertools.combinations(range(total), n)), dtype=np.intp)
     splits.flags.writeable = False
@@ -139,7 +139,7 @@ def permutation_test(
     observed = statistic(np.array([x.sum()]))[0]
     tolerance = 1e-9 * max(1.0, float(np.abs(pooled).max()))
     if math.comb(n + m, n) <= exact_limit:
-        null = statistic(pooled[_all_splits(n + m, n)].sum(axis=1))
+        null = statistic(pooled[all_splits(n + m, n)].sum(axis=1))
         return float(np.mean(null >= observed - tolerance))
     rng = np.random.default_rng(seed)
     order = rng.permuted(np.tile(np.arange(n + m), (n_permutations, 1)), axis=1)

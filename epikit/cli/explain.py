@@ -52,6 +52,9 @@ def biomarkers_command(
     trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
     trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
     control_epochs: int = typer.Option(BiomarkerOptions.control_epochs, "--control-epochs", help="Epochs of the mask-only control model (0: as many as the run's classifier)."),
+    profile_bins: int = typer.Option(BiomarkerOptions.profile_bins, "--profile-bins", help="Radial profile bins from the nuclear outline to the centre."),
+    profile_bin_um: float = typer.Option(BiomarkerOptions.profile_bin_um, "--profile-bin-um", help="Width of the micrometre profile bins (used when cells.parquet has pixel_size_um)."),
+    profile_resamples: int = typer.Option(BiomarkerOptions.profile_resamples, "--profile-resamples", help="Bootstrap replicates and permutations of the radial profile statistics."),
     seed: int = typer.Option(BiomarkerOptions.seed, "--seed", help="Seed of permutations, bootstrap and subsets."),
 ) -> None:
     """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
@@ -59,7 +62,8 @@ def biomarkers_command(
 
     options = BiomarkerOptions(reference=reference, trust=trust, trust_cells=trust_cells,
                                control_epochs=control_epochs, seed=seed, alpha=alpha,
-                               image_test=image_test, shell_method=shells)
+                               image_test=image_test, shell_method=shells, profile_bins=profile_bins,
+                               profile_bin_um=profile_bin_um, profile_resamples=profile_resamples)
     summary = run(run_dir, options)
     typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
                f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")

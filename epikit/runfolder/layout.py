@@ -3,7 +3,7 @@
 The run-folder contract (``DESIGN.md``, README "The run folder")::
 
     manifest.json  config.toml  masks/  segmentation.csv/.json  cells.parquet  crops.zarr
-    model/  maps.zarr  biomarkers.csv  metrics.json  report.html  figures/
+    model/  maps.zarr  biomarkers.csv  profiles.parquet  profile_curves.csv  metrics.json  report.html  figures/
     .epikit/       stages.json and the resume scratch of each stage
     demo_input/    the simulated input of a demo run
 """
@@ -24,6 +24,10 @@ MODEL = "model"
 TRAINING_INFO = "training.json"  # inside MODEL
 MAPS = "maps.zarr"
 BIOMARKERS = "biomarkers.csv"
+#: Radial profile of every cell (per channel / map view, relative and micrometre bins).
+PROFILES = "profiles.parquet"
+#: Per-condition radial curves and difference curves with their 95% bands.
+PROFILE_CURVES = "profile_curves.csv"
 METRICS = "metrics.json"
 REPORT = "report.html"
 FIGURES = "figures"
@@ -42,6 +46,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "extract": (CROPS, CELLS, (SCRATCH_DIR / "extract").as_posix()),
     "train": (MODEL, (SCRATCH_DIR / "train").as_posix()),
     "explain": (MAPS, (SCRATCH_DIR / "explain").as_posix()),
-    "biomarkers": (BIOMARKERS,),
+    "biomarkers": (BIOMARKERS, PROFILES, PROFILE_CURVES),
     "report": (REPORT, FIGURES),
 }

@@ -83,6 +83,12 @@ class RunFolder:
         return self._csv(layout.BIOMARKERS)
 
     @cached_property
+    def profile_curves(self) -> Any | None:
+        """``profile_curves.csv``: per-condition radial curves and differences with bands."""
+        curves = self._csv(layout.PROFILE_CURVES)
+        return None if curves is None else curves.assign(explainer=curves["explainer"].fillna(""))
+
+    @cached_property
     def segmentation(self) -> Any | None:
         """``segmentation.csv``: nuclei counted per image."""
         return self._csv(layout.SEGMENTATION_TABLE)

@@ -17,6 +17,7 @@ from epikit.report.sections.common import ReportContext
 from epikit.report.sections.crops import crops_section
 from epikit.report.sections.explanation import explanation_section
 from epikit.report.sections.overview import inputs_section, overview, warnings_section
+from epikit.report.sections.profiles import profiles_section
 from epikit.report.sections.segmentation import segmentation_section
 from epikit.report.sections.shells import shells_section
 
@@ -30,6 +31,7 @@ SECTIONS: tuple[tuple[str, str, str, Callable[[ReportContext], Markup]], ...] = 
     ("classification", "Classification", "Classification", classification_section),
     ("explanation", "Explanations", "Explanation maps", explanation_section),
     ("shells", "Shell profiles", "Shell profiles", shells_section),
+    ("radial", "Radial profiles", "Radial profiles: where in the nucleus", profiles_section),
     ("biomarkers", "Biomarkers", "Findings and biomarkers", biomarkers_section),
 )
 

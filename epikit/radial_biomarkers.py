@@ -1,0 +1,191 @@
+"""Radial profiles in the biomarkers stage: where in the nucleus conditions differ, with bands.
+
+:func:`radial_biomarkers` (called by :func:`epikit.biomarker_stage.biomarker_run`) measures
+the radial profile (:mod:`epikit.nuclei.profiles`) of every cell's crop, per image channel,
+and of every stored explanation map, on the crop's nucleus mask, a block of cells at a
+time (:func:`measure_profiles`). Profiles use normalised distance from the outline
+(``relative``: 0 = outline, 1 = centre) and, when ``cells.parquet`` has a ``pixel_size_um``
+column, micrometres from the outline (``um``; a crop pixel is ``pixel_size_um / crop_scale``).
+Measured on the crops, image and map profiles share one geometry.
+
+Each quantity is compared between conditions by :func:`epikit.analysis.radial.compare_profiles`
+(images as units, replicate groups when they nest images; hierarchical bootstrap bands;
+cluster-mass permutation test with family-wise error control over bins). It writes
+``profiles.parquet`` and ``profile_curves.csv`` (:mod:`epikit.runfolder.profiles`) and
+returns the tested intervals as ``biomarkers.csv`` rows (region ``radial[a,b)``, or
+``radial_um[a,b)``; ``p_value`` FWER-adjusted over bins, ``q_value`` Benjamini-Hochberg over
+every interval row) and the intervals with ``q < alpha`` as findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from epikit.analysis.biomarkers import COLUMNS
+from epikit.analysis.radial import compare_profiles, interval_region, localisation
+from epikit.analysis.stats import benjamini_hochberg
+from epikit.errors import DataError
+from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
+from epikit.runfolder.layout import MAPS
+from epikit.runfolder.maps import StoredMaps
+from epikit.runfolder.profiles import QUANTITY, write_cell_profiles, write_profile_curves
+from epikit.runfolder.reader import RunFolder
+from epikit.runfolder.rows import cell_rows
+
+#: Column of ``cells.parquet`` with the image's pixel size in micrometres (micrometre bins need it).
+PIXEL_SIZE = "pixel_size_um"
+#: Cells profiled at once (bounds memory: a block of crops is read, profiled and dropped).
+BLOCK = 512
+SCALE_WORDS = {"relative": "of the way from the outline to the centre", "um": "um from the outline"}
+
+
+@dataclass
+class RadialBiomarkers:
+    """What the radial analysis adds to the biomarkers stage."""
+
+    rows: pd.DataFrame
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def merge(self, table: pd.DataFrame, findings: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """The shell table with the interval rows appended, and the shell findings followed by these."""
+        merged = pd.concat([table, self.rows], ignore_index=True) if len(self.rows) else table
+        extra = [{**f, "rank": len(findings) + i} for i, f in enumerate(self.findings, start=1)]
+        return merged, [*findings, *extra]
+
+
+def _pixel_um(cells: pd.DataFrame) -> np.ndarray | None:
+    """Micrometres per crop pixel of every cell, or None when the pixel size is unknown."""
+    if PIXEL_SIZE not in cells:
+        return None
+    size = pd.to_numeric(cells[PIXEL_SIZE], errors="coerce").to_numpy(np.float64)
+    if not np.all(np.isfinite(size) & (size > 0)):
+        return None
+    scale = cells["crop_scale"].to_numpy(np.float64) if "crop_scale" in cells else np.ones(len(cells))
+    return size / scale
+
+
+def _profile_blocks(n: int, read_values: Callable[[int, int], np.ndarray],
+                    read_masks: Callable[[int, int], np.ndarray], pixel_um: np.ndarray | None, bins: int,
+                    bin_um: float) -> dict[str, np.ndarray]:
+    """``{scale: profiles (n, [C,] bins)}`` of ``n`` cells read ``BLOCK`` rows ``[a, b)`` at a time."""
+    out: dict[str, list[np.ndarray]] = {"relative": [], "um": []}
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        values, masks = read_values(a, b), read_masks(a, b)
+        distance = outline_distance(masks)
+        out["relative"].append(radial_profiles(values, masks, bins, distance=distance))
+        if pixel_um is not None:
+            out["um"].append(radial_profiles(values, masks, bins, "um", pixel_um[a:b], bin_um, distance))
+    return {scale: np.concatenate(parts) for scale, parts in out.items() if parts}
+
+
+def _long(cells: pd.DataFrame, values: np.ndarray, source: str, explainer: str, channel: str,
+          scale: str, edges: np.ndarray) -> pd.DataFrame:
+    """Tidy rows of one quantity's profiles (n, bins)."""
+    n, bins = values.shape
+    repeat = {c: np.repeat(cells[c].astype(str).to_numpy(), bins) for c in ("cell_id", "image_id", "condition", "group")}
+    return pd.DataFrame({**repeat, "source": source, "explainer": explainer, "channel": channel, "scale": scale,
+                         "bin": np.tile(np.arange(bins), n), "start": np.tile(edges[:-1], n),
+                         "stop": np.tile(edges[1:], n), "value": values.ravel()})
+
+
+def measure_profiles(run_dir: str | Path, cells: pd.DataFrame, channel_names: Sequence[str],
+                     map_sets: Sequence[StoredMaps], *, bins: int = 20, bin_um: float = 0.25) -> pd.DataFrame:
+    """Tidy per-cell radial profiles of every channel of ``cells``' crops and of every map set."""
+    run = RunFolder(run_dir)
+    store = run.crops
+    if store is None or not store.has_masks:
+        raise DataError(f"{Path(run_dir) / 'crops.zarr'}: crops and masks are needed for radial profiles; "
+                        "run `epikit extract` first")
+    index = cells["crop_index"].to_numpy(np.int64)
+    pixel_um = _pixel_um(cells)
+    frames = []
+    blocks = _profile_blocks(len(index), lambda a, b: store.read(index[a:b]),
+                             lambda a, b: store.read_masks(index[a:b]), pixel_um, bins, bin_um)
+    for scale, profiles in blocks.items():
+        edges = bin_edges(bins, scale, bin_um)
+        frames += [_long(cells, profiles[:, c], "image", "", channel, scale, edges)
+                   for c, channel in enumerate(channel_names)]
+    for stored in map_sets:
+        rows = cell_rows(cells["cell_id"], stored.cell_ids,
+                         f"{Path(run_dir) / MAPS} explains cells that cells.parquet lacks; re-run explain")
+        explained = cells.iloc[rows]
+        map_um = pixel_um[rows] if pixel_um is not None else None
+        blocks = _profile_blocks(len(rows), lambda a, b, s=stored: np.asarray(s.maps[a:b], np.float32),
+                                 lambda a, b, s=stored: store.read_masks(s.crop_index[a:b]), map_um, bins, bin_um)
+        for scale, profiles in blocks.items():
+            frames.append(_long(explained, profiles, "map", str(stored.attrs.get("explainer", "")), stored.view,
+                                scale, bin_edges(bins, scale, bin_um)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _finding_text(row: dict[str, Any], scale: str) -> str:
+    what = (f"{row['explainer']} attention ({row['channel']} view)" if row["source"] == "map"
+            else f"{row['channel']} intensity")
+    direction = "higher" if row["effect"] > 0 else "lower"
+    return (f"{what} relative to the nucleus mean {direction} in {row['condition']} than {row['reference']} "
+            f"from {row['start']:.2f} to {row['stop']:.2f} {SCALE_WORDS[scale]}: p={row['p_value']:.2g} "
+            f"(family-wise over bins), q={row['q_value']:.2g} ({row['unit']} level, "
+            f"{row['n_condition']} vs {row['n_reference']} {row['unit']}s)")
+
+
+def radial_biomarkers(
+    run_dir: str | Path, cells: pd.DataFrame, channel_names: Sequence[str], map_sets: Sequence[StoredMaps],
+    reference: str, *, bins: int = 20, bin_um: float = 0.25, resamples: int = 1000, seed: int = 0,
+    alpha: float = 0.05,
+) -> RadialBiomarkers:
+    """Profile every cell, write ``profiles.parquet`` and ``profile_curves.csv``, test every quantity.
+
+    ``resamples``: bootstrap replicates of the bands and random permutations of the test (the
+    test enumerates every label assignment when there are few enough).
+    """
+    long = measure_profiles(run_dir, cells, channel_names, map_sets, bins=bins, bin_um=bin_um)
+    write_cell_profiles(run_dir, long)
+    curves, rows = [], []
+    for key, block in long.groupby(list(QUANTITY), sort=False):
+        wide = block.pivot(index="cell_id", columns="bin", values="value")
+        meta = block.drop_duplicates("cell_id").set_index("cell_id").loc[wide.index]
+        edges = bin_edges(bins, key[3], bin_um)
+        result = compare_profiles(wide.to_numpy(), meta, reference, edges, n_boot=resamples,
+                                  n_permutations=resamples, seed=seed)
+        labels = dict(zip(QUANTITY, key))
+        curves.append(result.curves.assign(**labels))
+        for interval in result.intervals:
+            rows.append({**labels, **interval, "region": interval_region(interval["start"], interval["stop"], key[3]),
+                         "effect": interval["difference"],
+                         "statistic": "bin mean / nucleus mean; cluster mass of Welch t"})
+    table = pd.DataFrame(rows, columns=[*COLUMNS, "scale", "start", "stop"])
+    if len(table):
+        table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(np.float64))
+    all_curves = pd.concat(curves, ignore_index=True)
+    write_profile_curves(run_dir, all_curves[[*QUANTITY, *[c for c in all_curves if c not in QUANTITY]]])
+    found = table[table["q_value"] < alpha].sort_values(["q_value", "p_value"], kind="mergesort")
+    findings = [{"rank": rank, "text": _finding_text(row, row["scale"]),
+                 "localisation": localisation(row["start"], row["stop"], _deepest(bins, row["scale"], bin_um),
+                                              row["effect"]),
+                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "region", "condition", "reference",
+                                                "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
+                                                "n_condition", "n_reference")}}
+                for rank, row in enumerate(found.to_dict("records"), start=1)]
+    summary = {"bins": bins, "bin_um": bin_um, "scales": sorted(long["scale"].unique()),
+               "resamples": resamples, "n_intervals": int(len(table)),
+               "n_significant": int((table["q_value"] < alpha).sum()) if len(table) else 0,
+               "band": "95% simultaneous hierarchical bootstrap-t band",
+               "test": "cluster-mass permutation of unit condition labels, FWER over bins"}
+    return RadialBiomarkers(table[list(COLUMNS)], findings, summary)
+
+
+def _deepest(bins: int, scale: str, bin_um: float) -> float:
+    """The deepest edge of a scale's bins (1, or ``bins * bin_um`` micrometres)."""
+    return float(bin_edges(bins, scale, bin_um)[-1])
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
