@@ -25,6 +25,27 @@ from epikit.errors import DataError, InputError
 from epikit.io.images import IMAGE_SUFFIXES, ImageInfo, probe_image
 
 MANIFEST_NAME = "manifest.csv"
+#: Characters a condition or group name may not hold: run-folder paths are built from them.
+_FORBIDDEN_IN_NAMES = ("/", "\\", "\x00")
+
+
+def check_name(kind: str, name: str, where: str) -> str:
+    """``name`` unchanged when it is a usable condition or group name, else a one-line :class:`InputError`.
+
+    Masks and average maps are stored under the condition's name, so a name must be one path
+    component: no ``/`` or ``\\``, not ``.`` or ``..``, no surrounding spaces. ``where`` names
+    the file (and manifest line) in the error.
+    """
+    if (not name or name in (".", "..") or name != name.strip()
+            or any(c in name for c in _FORBIDDEN_IN_NAMES)):
+        raise InputError(f"{where}: {kind} {name!r} is not a usable name (no '/', '\\', '.' or '..'); "
+                         f"rename it, e.g. {_suggest(name, kind)!r}")
+    return name
+
+
+def _suggest(name: str, kind: str) -> str:
+    cleaned = re.sub(r"[/\\\x00]+", "_", name.strip()).strip("._")
+    return cleaned or f"{kind}_1"
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,11 @@ def _entries_from_manifest(manifest: Path) -> list[tuple[Path, str, str | None, 
         path = Path(path_text)
         if not path.is_absolute():
             path = manifest.parent / path
+        where = f"{manifest} line {number}"
+        check_name("condition", condition, where)
         group = (row.get("group") or "").strip() or None
+        if group is not None:
+            check_name("group", group, where)
         extra = {k: (v or "").strip() for k, v in row.items()
                  if k not in {"path", "condition", "group"} and k is not None}
         entries.append((path, condition, group, extra))
@@ -186,4 +211,5 @@ def discover_images(
 
 def mask_path(masks_dir: str | os.PathLike[str], record: ImageRecord) -> Path:
     """Where the label image of ``record`` lives: ``masks_dir/<condition>/<stem>.tif``."""
+    check_name("condition", record.condition, str(record.path))
     return Path(masks_dir) / record.condition / f"{_stem(record.path)}.tif"
