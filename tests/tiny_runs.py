@@ -16,10 +16,11 @@ from epikit.training.stage import train_run
 
 
 def build_tiny_run(root: Path, effect: str = "periphery", n_fields: int = 6, crop_size: int = 16,
-                   train: bool = True, epochs: int = 2, seed: int = 0) -> Path:
+                   train: bool = True, epochs: int = 2, seed: int = 0, effect_size: float = 0.8,
+                   n_nuclei: tuple[int, int] = (4, 6)) -> Path:
     """A run folder with crops.zarr, cells.parquet and (with ``train``) a 2-fold model/."""
-    simulate_dataset(root / "input", n_fields=n_fields, size=128, n_nuclei=(4, 6), radius=(10.0, 14.0),
-                     effect=effect, effect_size=0.8, seed=seed)
+    simulate_dataset(root / "input", n_fields=n_fields, size=128, n_nuclei=n_nuclei, radius=(10.0, 14.0),
+                     effect=effect, effect_size=effect_size, seed=seed)
     run = root / "run"
     run.mkdir(parents=True)
     shutil.copytree(root / "input" / "masks", run / "masks")

@@ -242,7 +242,7 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
             "rank": rank,
             "text": finding_text(row, n_shells),
             "localisation": localisation(row["region"], row["effect"], n_shells),
-            **{key: _plain(row[key]) for key in ("source", "explainer", "channel", "region", "target", "condition",
+            **{key: _plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
                                                   "reference", "effect", "cliffs_delta", "hedges_g",
                                                   "p_value", "q_value", "unit", "n_condition", "n_reference")},
         })
