@@ -106,3 +106,12 @@ def test_contrast_targets_with_three_conditions_pair_each_condition_with_the_ref
     assert side_targets("own", "vpa", "ctrl") == ("vpa", "ctrl")
     own = plan_targets(conditions, None, "own", ["ctrl", "tsa", "vpa"], "ctrl")[1]
     assert own.tolist() == [0, 1, 2, 0, 2]
+
+
+def test_the_report_shows_a_map_findings_target_swap_control_and_opposite_localisation(planted):
+    from epikit.report.sections.biomarkers import _finding_block
+
+    finding = {**map_findings(planted)[0], "opposite": "intensity findings (H3K27ac shell_1) localise the change the other way"}
+    html = str(_finding_block(finding))
+    assert "Target-swap control:" in html and finding["target_swap"]["text"].split(" (")[0] in html
+    assert "Opposite localisation:" in html and "the other way" in html
