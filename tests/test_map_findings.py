@@ -115,3 +115,18 @@ def test_the_report_shows_a_map_findings_target_swap_control_and_opposite_locali
     html = str(_finding_block(finding))
     assert "Target-swap control:" in html and finding["target_swap"]["text"].split(" (")[0] in html
     assert "Opposite localisation:" in html and "the other way" in html
+
+
+def test_map_and_intensity_findings_at_opposite_ends_are_noted_next_to_both():
+    from epikit.analysis.biomarkers import note_opposite_localisations
+
+    base = {"condition": "vpa", "reference": "ctrl", "region": "rim_vs_centre"}
+    found = note_opposite_localisations([
+        {**base, "source": "image", "channel": "H3K27ac", "localisation": "rim-enriched"},
+        {**base, "source": "map", "channel": "all", "localisation": "centre-enriched"},
+        {**base, "source": "image", "channel": "CTCF", "localisation": "mid"},
+        {**base, "source": "image", "channel": "Hoechst", "localisation": "rim-enriched", "condition": "tsa"},
+    ])
+    assert "map findings (all rim_vs_centre)" in found[0]["opposite"]
+    assert "intensity findings (H3K27ac rim_vs_centre)" in found[1]["opposite"]
+    assert "opposite" not in found[2] and "opposite" not in found[3]
