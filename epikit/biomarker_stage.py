@@ -2,11 +2,14 @@
 
 :func:`run` is the stage (the pipeline and ``epikit biomarkers`` call it with
 :class:`~epikit.options.BiomarkerOptions`); :func:`biomarker_run` reads the run folder (cells, crops, masks, ``maps.zarr``), computes the
-shell shares and their statistics (:mod:`epikit.analysis.biomarkers`) and, with
-:func:`trust_checks`, the checks of :mod:`epikit.analysis.trust` for the primary view's maps
-(channel attribution, faithfulness, randomisation sanity, and a mask-only control model
-trained by :func:`train_mask_control`). It writes ``biomarkers.csv`` and the ``biomarkers``,
-``findings``, ``channel_attribution`` and ``trust`` sections of ``metrics.json``.
+shell shares and their statistics (:mod:`epikit.analysis.biomarkers`; map rows compare the
+maps the target policy of :mod:`epikit.analysis.targets` puts side by side), the target-swap
+control of every map finding (:func:`target_swap_controls`, :mod:`epikit.analysis.target_swap`)
+and, with :func:`trust_checks`, the checks of :mod:`epikit.analysis.trust` for the primary
+view's maps (channel attribution, faithfulness, randomisation sanity, and a mask-only
+control model trained by :func:`train_mask_control`, explained for the same targets). It
+writes ``biomarkers.csv`` and the ``biomarkers``, ``findings``, ``channel_attribution`` and
+``trust`` sections of ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ import pandas as pd
 from epikit.analysis.biomarkers import (
     SHELL_COLUMN_PREFIX,
     biomarker_table,
+    compare_maps,
+    comparison_maps,
     image_shares,
     map_shell_shares,
+    note_opposite_localisations,
     rank_findings,
     shares_table,
     shell_profiles,
 )
 from epikit.analysis.fold_maps import explain_cells
-from epikit.analysis.stats import IMAGE_TESTS, choose_reference, compare_conditions
+from epikit.analysis.stats import IMAGE_TESTS, adjust_within_units, choose_reference
+from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
+from epikit.analysis.targets import swapped
 from epikit.analysis.trust import (
     attach_trust,
     channel_attribution,
@@ -67,9 +75,10 @@ def biomarker_run(
     trust: bool = BiomarkerOptions.trust,
     seed: int = 0,
     *,
-    alpha: float = 0.05,
-    image_test: str = "permutation",
-    shell_method: str = "scaled",
+    alpha: float = BiomarkerOptions.alpha,
+    image_test: str = BiomarkerOptions.image_test,
+    shell_method: str = BiomarkerOptions.shell_method,
+    target_swap: bool = BiomarkerOptions.target_swap,
     trust_cells: int = BiomarkerOptions.trust_cells,
     control_epochs: int | None = BiomarkerOptions.control_epochs,
     explainers: Sequence[str] | None = None,
@@ -80,8 +89,10 @@ def biomarker_run(
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
-    ``reference``: the reference condition (``""`` or None: a control-like name, else the first).
-    ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
+    ``reference``: the reference condition (``""`` or None: the maps' reference, else a
+    control-like name, else the first). ``target_swap``: explain the cells of every map
+    finding for the other class of its comparison too and flag findings whose effect the
+    target alone could make (:mod:`epikit.analysis.target_swap`). ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
     :func:`trust_checks`): channel attribution, mask-edge
     control (trains the run's classifier on masks for ``control_epochs`` epochs; 0 or None: as
     many as the run's classifier),
@@ -104,30 +115,28 @@ def biomarker_run(
     dataset = CellDataset(run_dir)
     cells = dataset.table
     n_shells = int(dataset.attrs.get("n_shells", 5))
-    reference = choose_reference(cells["condition"].astype(str).unique(), reference or None)
     map_sets = read_map_sets(run_dir) if maps else []
+    policy = str(map_sets[0].attrs.get("target", "predicted")) if map_sets else ""
+    reference = choose_reference(cells["condition"].astype(str).unique(),
+                                 reference or (map_sets[0].attrs.get("reference") if map_sets else None) or None)
     frames = []
-    map_shares: dict[str, np.ndarray] = {}
+    map_long: dict[str, pd.DataFrame] = {}
     for stored in map_sets:
-        rows = cell_rows(cells["cell_id"], stored.cell_ids,
-                         f"{run_dir / MAPS} explains cells that cells.parquet lacks; re-run explain")
-        masks = read_masks(dataset.store_path, stored.crop_index)
-        shares = map_shell_shares(stored.maps, masks, n_shells, shell_method)
-        map_shares[stored.view] = shares
-        frames.append(shares_table(cells.iloc[rows], shares, "map",
-                            str(stored.attrs.get("explainer", "")), stored.view))
+        map_long[stored.view] = map_rows(run_dir, dataset, stored, stored.maps, stored.target, n_shells, shell_method)
+        frames.append(map_long[stored.view])
     channel_shares = image_shares(cells, dataset.channel_names, n_shells, shell_method,
                                   *_crops_if_needed(dataset, cells, n_shells, shell_method))
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
-    table = biomarker_table(long, reference, image_test, seed)
+    table = biomarker_table(long, reference, image_test, seed, policy or "contrast")
     radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
                                bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha)
     table, findings = radial.merge(table, rank_findings(table, alpha, n_shells))
     write_csv(table, run_dir / BIOMARKERS)
     summary: dict[str, Any] = {
         "reference": reference,
+        "target": policy,
         "alpha": alpha,
         "image_test": image_test,
         "shell_method": shell_method,
@@ -146,6 +155,11 @@ def biomarker_run(
         findings = attach_trust(findings, checks)
         update_metrics(run_dir, "channel_attribution", checks["channel_attribution"])
         update_metrics(run_dir, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
+    if target_swap and maps:
+        findings = attach_target_swap(findings, target_swap_controls(
+            run_dir, dataset, {s.view: s for s in map_sets}, map_long, findings, policy, n_shells, shell_method))
+    findings = note_opposite_localisations(findings)
+    summary["n_target_driven"] = sum(TARGET_DRIVEN in f.get("trust", {}).get("flags", []) for f in findings)
     summary["top_finding"] = findings[0]["text"] if findings else None
     summary["seconds"] = round(time.perf_counter() - started, 2)
     update_metrics(run_dir, "biomarkers", summary)
@@ -165,9 +179,52 @@ def run(
     """The biomarkers stage: :func:`biomarker_run` with ``options`` (in this process, no progress bar)."""
     return biomarker_run(run_dir, reference=options.reference, trust=options.trust, seed=options.seed,
                          alpha=options.alpha, image_test=options.image_test,
-                         shell_method=options.shell_method, trust_cells=options.trust_cells,
-                         control_epochs=options.control_epochs, profile_bins=options.profile_bins,
-                         profile_bin_um=options.profile_bin_um, profile_resamples=options.profile_resamples)
+                         shell_method=options.shell_method, target_swap=options.target_swap,
+                         trust_cells=options.trust_cells, control_epochs=options.control_epochs,
+                         profile_bins=options.profile_bins, profile_bin_um=options.profile_bin_um,
+                         profile_resamples=options.profile_resamples)
+
+
+def map_rows(run_dir: Path, dataset: CellDataset, stored: StoredMaps, maps: np.ndarray, targets: np.ndarray,
+             n_shells: int, shell_method: str) -> pd.DataFrame:
+    """Long-format shell rows of ``maps`` (one per row of ``stored``, explained for class indices
+    ``targets``), with ``map_row``: the map's position in ``stored``."""
+    rows = cell_rows(dataset.table["cell_id"], stored.cell_ids,
+                     f"{run_dir / MAPS} explains cells that cells.parquet lacks; re-run explain")
+    shares = map_shell_shares(maps, read_masks(dataset.store_path, stored.crop_index), n_shells, shell_method)
+    names = np.asarray(stored.attrs["classes"], dtype=object)[np.asarray(targets, dtype=np.int64)]
+    frame = shares_table(dataset.table.iloc[rows], shares, "map", str(stored.attrs.get("explainer", "")),
+                         stored.view, names)
+    return frame.assign(map_row=np.tile(np.arange(len(maps)), len(frame) // max(len(maps), 1)))
+
+
+def target_swap_controls(run_dir: Path, dataset: CellDataset, stored: dict[str, StoredMaps],
+                         long: dict[str, pd.DataFrame], findings: list[dict[str, Any]], policy: str,
+                         n_shells: int, shell_method: str) -> dict[tuple[str, str], Any]:
+    """Per (view, condition) of a map finding, its target-swap control (a function of the finding).
+
+    The maps the comparison used are explained again, by the same fold models, for the other
+    class of the comparison (:func:`epikit.analysis.targets.swapped`).
+    """
+    controls: dict[tuple[str, str], Any] = {}
+    for view, condition in sorted({(f["channel"], f["condition"]) for f in findings if f["source"] == "map"}):
+        maps, reference = stored[view], next(f["reference"] for f in findings if f["condition"] == condition)
+        used = comparison_maps(long[view], policy or "contrast", condition, reference)
+        positions = np.unique(used["map_row"].to_numpy())
+        classes = list(maps.attrs["classes"])
+        other = np.array([classes.index(swapped(classes[t], condition, reference)) for t in maps.target[positions]])
+        view_data = CellDataset(run_dir, channels=maps.attrs["channel_names"])
+        rows = cell_rows(view_data.table["cell_id"], [maps.cell_ids[p] for p in positions], "stale maps")
+        explainer = get_explainer(str(maps.attrs["explainer"]), **dict(maps.attrs.get("params") or {}))
+        swapped_maps = _explain_by_fold(explainer, load_fold_models(run_dir, view=view),
+                                        view_data.load_crops(rows), other, maps.fold[positions])
+        part = StoredMaps(view, swapped_maps, [maps.cell_ids[p] for p in positions], maps.crop_index[positions],
+                          maps.fold[positions], other, maps.attrs)
+        theirs = map_rows(run_dir, dataset, part, swapped_maps, other, n_shells, shell_method)
+        controls[(view, condition)] = lambda finding, used=used, theirs=theirs: target_swap_control(
+            used, theirs, finding)
+    return controls
+
 
 
 def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:
@@ -304,15 +361,17 @@ def trust_checks(
                                     masks[tested][:, None].astype(np.float32), stored.target[tested],
                                     control_fold[tested])
     shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
-    long = shares_table(cells[tested], shares, "mask_control", name, "mask")
-    rows_out = compare_conditions(long, keys=["region"], reference=reference, image_test=image_test,
-                                  units=("image",), seed=seed)
+    long = shares_table(cells[tested], shares, "map", name, "mask",
+                        np.asarray(stored.attrs["classes"], dtype=object)[stored.target[tested]])
+    rows_out = adjust_within_units(compare_maps(long, str(stored.attrs.get("target", "predicted")), reference,
+                                                image_test, seed, units=("image",)))
     mask_control = {
         "accuracy": control.accuracy,
         "explainer": name,
         "n_cells": int(tested.sum()),
+        "targets": "the stored maps' (the same class per cell)",
         "rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-                 for r in rows_out[["region", "condition", "reference", "effect", "cliffs_delta",
+                 for r in rows_out[["region", "target", "condition", "reference", "effect", "cliffs_delta",
                                     "p_value", "q_value", "n_condition", "n_reference"]].to_dict("records")],
     }
     return {

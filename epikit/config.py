@@ -144,11 +144,44 @@ def dump_config(config: dict[str, Any]) -> str:
         "\n".join(lines).lstrip("\n") + "\n"
 
 
+def _rows(value: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of an array (NumPy, Zarr, or a torch tensor on any device) as a C-ordered NumPy array."""
+    import numpy as np
+
+    part = value[start:stop]
+    if hasattr(part, "detach"):  # a torch tensor: to the CPU, one slice at a time
+        part = part.detach().cpu().contiguous().numpy()
+    return np.ascontiguousarray(part)
+
+
+def array_digest(value: Any, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
+    """Shape, dtype and sha256 of an array's bytes (C order), hashed a slice of rows at a time.
+
+    No copy of the whole array is made (a contiguous NumPy array is not copied at all; a
+    tensor or Zarr array is read ``chunk_bytes`` at a time), and the digest equals the sha256
+    of the whole array's bytes.
+    """
+    import numpy as np
+
+    shape = tuple(int(n) for n in value.shape)
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * int(value.element_size() if hasattr(
+        value, "element_size") else np.dtype(value.dtype).itemsize))
+    step = max(1, chunk_bytes // row_bytes)
+    hasher = hashlib.sha256()
+    dtype = None
+    for start in range(0, shape[0], step):
+        part = _rows(value, start, start + step)
+        dtype = part.dtype
+        hasher.update(part.reshape(-1).view(np.uint8))
+    dtype = dtype if dtype is not None else _rows(value, 0, 0).dtype
+    return {"shape": list(shape), "dtype": str(dtype), "sha256": hasher.hexdigest()}
+
+
 def _hashable(value: Any) -> Any:
     """JSON stand-in for a value JSON cannot hold: an array by its shape, dtype and bytes, else its str."""
-    if getattr(value, "ndim", 0) > 0 and hasattr(value, "tobytes") and hasattr(value, "dtype"):
-        return {"shape": list(value.shape), "dtype": str(value.dtype),
-                "sha256": hashlib.sha256(value.tobytes()).hexdigest()}
+    array_like = hasattr(value, "tobytes") or hasattr(value, "detach") or type(value).__module__.startswith("zarr")
+    if array_like and getattr(value, "ndim", 0) > 0 and hasattr(value, "dtype"):
+        return array_digest(value)
     return str(value)
 
 
@@ -157,7 +190,7 @@ def section_hash(*parts: Any) -> str:
 
     Stage fingerprints (options + upstream hashes), the demo input's and every resume
     scratch key (:mod:`epikit.runfolder.scratch`, finished folds) are made by it. Arrays
-    (NumPy, or anything with ``shape``, ``dtype`` and ``tobytes``) count by content.
+    (NumPy, Zarr, torch tensors) count by content, hashed in slices (:func:`array_digest`).
     """
     text = json.dumps(parts, sort_keys=True, default=_hashable)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -2,9 +2,12 @@
 
 Every cell that was a test cell in cross-validation (``fold >= 0`` in ``cells.parquet``) is
 explained by the fold model that did **not** train on it, so a map never shows what a model
-memorised about its own training cells. By default only correctly classified cells are
-explained (as in the study); ``cells="misclassified"`` or ``"all"`` change that, and
-``max_cells`` caps the number per condition (a seeded random subset).
+memorised about its own training cells. By default every test cell is a candidate, chosen
+without looking at whether the model got it right (``cells="correct"`` keeps the study's
+selection of correctly classified cells, ``"misclassified"`` the others), and ``max_cells``
+caps the number per condition (a seeded random, class-balanced subset). Which class each
+map explains is the target policy of :mod:`epikit.analysis.targets` (default ``contrast``:
+every compared cell for the non-reference condition).
 
 :func:`run` is the stage (the pipeline and ``epikit explain`` call it with
 :class:`~epikit.options.ExplainOptions`); :func:`explain_run` does the work.
@@ -27,6 +30,8 @@ import pandas as pd
 
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.analysis.fold_maps import merge_info
+from epikit.analysis.stats import choose_reference
+from epikit.analysis.targets import check_target, plan_targets
 from epikit.config import section_hash
 from epikit.errors import ConfigError, DataError
 from epikit.interfaces import optional_attribute
@@ -95,20 +100,16 @@ def select_cells(
     return rows
 
 
-def target_indices(table: pd.DataFrame, rows: np.ndarray, target: str, classes: Sequence[str],
-                   prefix: str = "") -> np.ndarray:
-    """Class index to explain per selected row: the predicted class, or one named class."""
-    classes = list(classes)
-    if target == "predicted":
-        predicted = table[f"{prefix}prediction"].to_numpy()[rows]
-        unknown = sorted({str(p) for p in predicted if p not in classes})
-        if unknown:
-            raise DataError(f"cells.parquet predicts class(es) {', '.join(unknown)} the model does "
-                            f"not have ({', '.join(classes)}); re-run training")
-        return np.array([classes.index(p) for p in predicted], dtype=np.int64)
-    if target not in classes:
-        raise ConfigError(f"target {target!r} is neither 'predicted' nor a class; classes: {', '.join(classes)}")
-    return np.full(len(rows), classes.index(target), dtype=np.int64)
+def map_plan(table: pd.DataFrame, cells: np.ndarray, target: str, classes: Sequence[str], reference: str,
+             prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Table rows and class indices of the maps to make for the selected ``cells`` (a row may repeat).
+
+    See :func:`epikit.analysis.targets.plan_targets`.
+    """
+    predicted = table[f"{prefix}prediction"].to_numpy()[cells] if target == "predicted" else None
+    positions, targets = plan_targets(table["condition"].astype(str).to_numpy()[cells], predicted, target,
+                                      classes, reference)
+    return cells[positions], targets
 
 
 def _stamp(run_dir: Path) -> tuple[Any, ...]:
@@ -171,8 +172,9 @@ def explain_chunk(task: ChunkTask, run_dir: Path, explainer: Any, device: Any, s
         raise DataError(f"{run_dir / layout.MODEL} has no model for fold {task.fold} of view {task.view!r}, "
                         f"which {run_dir / layout.CELLS} names; re-run training")
     method = resolve_plugin(explainer)
-    crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, task.channels, stamp).load_crops(
-        np.asarray(task.rows, dtype=np.int64)), dtype=np.float32))
+    unique, inverse = np.unique(np.asarray(task.rows, dtype=np.int64), return_inverse=True)  # a cell may repeat
+    crops = torch.as_tensor(np.asarray(_worker_dataset(run_dir, task.channels, stamp).load_crops(unique),
+                                       dtype=np.float32)[inverse])
     result = method.explain(models[task.fold], crops, torch.as_tensor(task.targets, dtype=torch.long))
     with atomic_path(scratch / f"{task.name}.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, result.detach().cpu().numpy().astype(np.float32))
@@ -201,6 +203,7 @@ def explain_run(
     cells: str = ExplainOptions.cells,
     max_cells: int | None = ExplainOptions.max_cells,
     target: str = ExplainOptions.target,
+    reference: str = ExplainOptions.reference,
     views: Sequence[str] | str | None = None,
     seed: int = 0,
     chunk: int = 64,
@@ -212,8 +215,10 @@ def explain_run(
     """Explain a run folder's out-of-fold test cells and write ``maps.zarr``.
 
     ``explainer``/``params``: a registered explainer and its parameters. ``cells``,
-    ``max_cells``, ``seed``: which cells (see :func:`select_cells`). ``target``:
-    ``"predicted"`` or a class name. ``views``: trained views to explain (default all).
+    ``max_cells``, ``seed``: which cells (see :func:`select_cells`). ``target``: the target
+    policy (``contrast``, ``own``, ``predicted``) or a class name, and ``reference`` the
+    reference condition of ``contrast`` (see :mod:`epikit.analysis.targets`; ``""``: a
+    control-like name, else the first). ``views``: trained views to explain (default all).
     ``average``: also store aligned average maps per condition. Returns (and writes to
     ``metrics.json["explanation"]``) a summary: cells per view and condition, seconds,
     explainer details.
@@ -228,6 +233,7 @@ def explain_run(
     from epikit.distributed import InProcessExecutor
     from epikit.registry import get_entry, get_explainer
     from epikit.runfolder.cells import CellDataset
+    from epikit.runfolder.crops import crops_fingerprint
     from epikit.runfolder.metrics import update_metrics
     from epikit.runfolder.models import models_sha256, trained_views
 
@@ -239,12 +245,14 @@ def explain_run(
     wanted = _wanted_views(views, list(trained["views"]))
     dataset = CellDataset(run_dir)
     table = dataset.table
+    reference = choose_reference(table["condition"].astype(str).unique(), reference or None)
     plans: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     tasks: list[ChunkTask] = []
     for view in wanted:
         prefix = column_prefix(view, primary)
-        rows = select_cells(table, cells, max_cells, seed, prefix)
-        targets = target_indices(table, rows, target, trained["views"][view]["classes"], prefix)
+        check_target(target, trained["views"][view]["classes"])
+        rows, targets = map_plan(table, select_cells(table, cells, max_cells, seed, prefix), target,
+                                 trained["views"][view]["classes"], reference, prefix)
         folds = table["fold"].to_numpy(np.int64)[rows]
         plans[view] = (rows, folds, targets)
         tasks += _chunk_tasks(view, rows, folds, targets, trained["views"][view]["channels"], chunk)
@@ -275,6 +283,7 @@ def explain_run(
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - started
+    fingerprint = crops_fingerprint(run_dir)
     results: list[ViewMaps] = []
     for view in wanted:
         rows, folds, targets = plans[view]
@@ -289,6 +298,7 @@ def explain_run(
             "explainer": explainer,
             "layer": run_info.get("layer") or optional_attribute(method, "explainer", "layer"),
             "target": target,
+            "reference": reference,
             "classes": list(info["classes"]),
             "channel_names": list(info["channels"]),
             "params": optional_attribute(method, "explainer", "params", params),
@@ -297,6 +307,7 @@ def explain_run(
             "seed": seed,
             "cell_ids": table["cell_id"].astype(str).to_numpy()[rows].tolist(),
             "models_sha256": models_sha256(run_dir, view),
+            "crops_fingerprint": fingerprint,
             "info": run_info,
             "provenance": get_entry("explainer", explainer).provenance(),
         }
@@ -312,6 +323,7 @@ def explain_run(
         "params": results[0].attrs["params"],
         "layer": results[0].attrs["layer"],
         "target": target,
+        "reference": reference,
         "cells": cells,
         "max_cells": max_cells,
         "views": {
@@ -319,6 +331,8 @@ def explain_run(
                 "n_cells": int(len(r.rows)),
                 "per_condition": {str(k): int(v) for k, v in
                                   table["condition"].iloc[r.rows].value_counts().sort_index().items()},
+                "per_target": {str(r.attrs["classes"][k]): int(v) for k, v in
+                               zip(*np.unique(r.target, return_counts=True))},
                 "info": r.attrs["info"],
             }
             for r in results
@@ -342,7 +356,8 @@ def run(
 ) -> dict[str, Any]:
     """The explain stage: :func:`explain_run` with ``options`` (``max_cells`` 0: every cell)."""
     return explain_run(run_dir, options.explainer, options.params, cells=options.cells,
-                       max_cells=options.max_cells or None, target=options.target, views=options.views,
+                       max_cells=options.max_cells or None, target=options.target,
+                       reference=options.reference, views=options.views,
                        seed=options.seed, progress=progress, device=options.device, executor=executor)
 
 
@@ -368,15 +383,20 @@ def _progress(total: int, description: str, enabled: bool) -> Any:
 
 
 def _averages(dataset: Any, result: ViewMaps, block_size: int = 512) -> dict[str, dict[str, Any]]:
-    """Aligned average map and channels per condition for one view's maps (``dataset``: that view's channels)."""
+    """Aligned average map and channels per condition for one view's maps (``dataset``: that view's channels).
+
+    Each cell counts once (a reference cell explained for several comparisons: its first map).
+    """
     from epikit.nuclei.averaging import AlignedAverage
     from epikit.runfolder.crops import read_masks
 
     aligned = dataset.attrs.get("align") == "major-axis" and dataset.attrs.get("scale_mode") == "fit"
     conditions = dataset.table["condition"].astype(str).to_numpy()[result.rows]
+    first = np.zeros(len(result.rows), dtype=bool)
+    first[np.unique(result.rows, return_index=True)[1]] = True
     out = {}
     for condition in sorted(set(conditions)):
-        members = np.flatnonzero(conditions == condition)
+        members = np.flatnonzero((conditions == condition) & first)
         average = AlignedAverage(already_aligned=aligned)
         for block in np.array_split(members, -(-len(members) // block_size)):  # bounded memory
             crops = dataset.load_crops(result.rows[block])

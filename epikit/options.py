@@ -167,7 +167,8 @@ class SegmentOptions:
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`).
+    """The extract stage: how each nucleus is cut out (see :func:`epikit.extraction.extract_cells`),
+    and ``n_shells``, the number of concentric shells of the shell features.
 
     ``ring_width_um`` > 0 adds rings of that fixed width from the nuclear edge inwards to the
     features (see :func:`epikit.nuclei.shells.ring_regions`; needs the pixel size).
@@ -183,6 +184,7 @@ class ExtractOptions:
     min_area: int = 30
     max_area: int = 0
     ring_width_um: float = 0.0
+    n_shells: int = 5
     images: tuple[ImageRecord, ...] = per_run(())
     masks: str | None = per_run(None)
     features: bool = per_run(True)
@@ -212,13 +214,21 @@ class TrainOptions:
 class ExplainOptions:
     """The explain stage: which explainer, which cells (at most ``max_cells`` per condition, 0: all), which class.
 
+    ``target`` (see :mod:`epikit.analysis.targets`): ``contrast`` (default) explains every
+    compared cell for one class, the non-reference condition's (with more conditions, each
+    against ``reference`` with its own target); ``own`` explains each cell for its own
+    condition (the study's policy, with ``cells="correct"``); ``predicted`` for its predicted
+    class; or a class name. ``cells``: ``all`` out-of-fold test cells (default: chosen without
+    looking at correctness), ``correct`` or ``misclassified``. ``reference``: as the
+    biomarkers stage's (``""``: a control-like name, else the first).
     Per run: ``seed`` (of the cell choice), ``views`` (None: every trained view) and ``device``.
     """
 
     explainer: str = "scorecam"
-    cells: str = "correct"
+    cells: str = "all"
     max_cells: int = 60
-    target: str = "predicted"
+    target: str = "contrast"
+    reference: str = ""
     params: dict[str, Any] = plugin_params()
     seed: int = per_run(0)
     views: tuple[str, ...] | None = per_run(None)
@@ -227,16 +237,21 @@ class ExplainOptions:
 
 @dataclass(frozen=True)
 class BiomarkerOptions:
-    """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes.
+    """The biomarkers stage: reference condition ("" picks one), finding threshold ``alpha``, the
+    image-level test, the shell definition, the target-swap control of map findings, trust
+    checks and their sizes (see :func:`epikit.biomarker_stage.biomarker_run`).
 
     Radial profiles (:mod:`epikit.radial_biomarkers`): ``profile_bins`` bins from the outline
     to the centre (and of ``profile_bin_um`` micrometres when the pixel size is known),
     ``profile_resamples`` bootstrap replicates and permutations.
-    Per run: ``seed``, the finding threshold ``alpha``, the image-level test and the shell
-    definition (see :func:`epikit.biomarker_stage.biomarker_run`).
+    Per run: ``seed``.
     """
 
     reference: str = ""
+    alpha: float = 0.05
+    image_test: str = "permutation"
+    shell_method: str = "scaled"
+    target_swap: bool = True
     trust: bool = True
     trust_cells: int = 24
     control_epochs: int = 6
@@ -244,9 +259,6 @@ class BiomarkerOptions:
     profile_bin_um: float = 0.25
     profile_resamples: int = 1000
     seed: int = per_run(0)
-    alpha: float = per_run(0.05)
-    image_test: str = per_run("permutation")
-    shell_method: str = per_run("scaled")
 
 
 @dataclass(frozen=True)

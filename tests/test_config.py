@@ -52,6 +52,31 @@ def test_section_hash_is_stable_and_sensitive():
     assert section_hash({"a": 1}, "x") != section_hash({"a": 2}, "x")
 
 
+def test_arrays_are_hashed_in_slices_without_a_copy_and_as_their_whole_bytes():
+    import hashlib
+    import tracemalloc
+
+    import numpy as np
+    import torch
+
+    from epikit.config import array_digest
+
+    crops = np.random.default_rng(0).random((400, 3, 64, 64), dtype=np.float32)  # 19.7 MB
+    tracemalloc.start()
+    try:
+        key = section_hash(crops)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < crops.nbytes / 8, f"hashing allocated {peak} bytes for a {crops.nbytes}-byte array"
+    whole = hashlib.sha256(crops.tobytes()).hexdigest()
+    assert array_digest(crops, chunk_bytes=1000)["sha256"] == whole  # slices smaller than a row, too
+    assert array_digest(torch.from_numpy(crops))["sha256"] == whole
+    assert key == section_hash(torch.from_numpy(crops)) != section_hash(crops[:-1])
+    transposed = crops[:5].transpose(0, 2, 3, 1)
+    assert array_digest(transposed)["sha256"] == hashlib.sha256(transposed.tobytes()).hexdigest()
+
+
 def test_run_trains_with_the_training_loops_own_defaults():
     from epikit.options import TrainingOptions
 

@@ -98,6 +98,23 @@ def test_no_images(tmp_path):
         discover_images(tmp_path)
 
 
+@pytest.mark.parametrize(("row", "what"), [
+    ("img/a.tif,../../x,w1", "condition '../../x'"),
+    ("img/a.tif,ctrl/sub,w1", "condition 'ctrl/sub'"),
+    ("img/a.tif,..,w1", "condition '..'"),
+    ("img/a.tif,ctrl,../w1", "group '../w1'"),
+    ("img/a.tif,ctrl,w\\1", "group 'w\\\\1'"),
+])
+def test_condition_and_group_names_that_would_leave_the_run_folder_name_the_manifest_line(tmp_path, row, what):
+    write_field(tmp_path / "img" / "a.tif")
+    write_field(tmp_path / "img" / "b.tif")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,condition,group\n{row}\nimg/b.tif,vpa,w2\n")
+    with pytest.raises(InputError, match=r"m\.csv line 2: ") as error:
+        discover_images(manifest)
+    assert what in str(error.value) and "\n" not in str(error.value)
+
+
 def test_loose_images_ask_for_condition_folders(tmp_path):
     write_field(tmp_path / "a.tif")
     with pytest.raises(InputError, match="one sub-folder per condition"):

@@ -68,6 +68,7 @@ def _write_maps(run: Path, explained: pd.DataFrame, crops: np.ndarray, masks: np
     """maps.zarr through the explain stage's own writer: rim maps in the treated condition,
     centre maps in the reference, for two views, with aligned averages per condition."""
     from epikit.nuclei.averaging import aligned_average
+    from epikit.runfolder.crops import crops_fingerprint
     from epikit.runfolder.maps import ViewMaps, write_maps
 
     yy, xx = np.mgrid[:CROP, :CROP]
@@ -79,7 +80,8 @@ def _write_maps(run: Path, explained: pd.DataFrame, crops: np.ndarray, masks: np
     for view, channels in (("all", list(range(len(CHANNELS)))), (HOSTILE_CHANNEL, [1])):
         attrs = {"view": view, "views": ["all", HOSTILE_CHANNEL], "explainer": "scorecam", "layer": "layer2",
                  "target": "predicted", "classes": list(conditions),
-                 "channel_names": [CHANNELS[c] for c in channels], "cell_ids": explained["cell_id"].tolist()}
+                 "channel_names": [CHANNELS[c] for c in channels], "cell_ids": explained["cell_id"].tolist(),
+                 "crops_fingerprint": crops_fingerprint(run)}
         results.append(ViewMaps(view, maps, rows, rows, explained["fold"].to_numpy(np.int64),
                                 np.zeros(len(rows), np.int64), attrs))
         averages[view] = {}
@@ -102,7 +104,7 @@ def _biomarkers_and_trust(run: Path, conditions: tuple[str, ...]) -> None:
     from epikit.io import read_json
     from epikit.runfolder.metrics import update_metrics
 
-    biomarker_run(run, trust=False)
+    biomarker_run(run, trust=False, target_swap=False)  # its models are hand-made stand-ins
     steps = np.linspace(1, 0, 9)[None]
     curves = {"deletion": steps ** 2 + np.zeros((4, 1)), "insertion": 1 - steps ** 2 + np.zeros((4, 1)),
               "random_deletion": steps + np.zeros((4, 1)), "random_insertion": 1 - steps + np.zeros((4, 1))}
@@ -121,7 +123,7 @@ def _biomarkers_and_trust(run: Path, conditions: tuple[str, ...]) -> None:
     update_metrics(run, "trust", {k: v for k, v in checks.items() if k != "channel_attribution"})
 
 
-def make_run_folder(root: Path, conditions=("ctrl", HOSTILE), fields: int = 6) -> Path:
+def make_run_folder(root: Path, conditions=("ctrl", HOSTILE_CONDITION), fields: int = 6) -> Path:
     """A small run folder holding every artefact of the contract, written with numpy/pandas/zarr.
 
     Images, masks and crops carry a rim-enriched third channel in the second condition, so

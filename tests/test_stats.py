@@ -134,6 +134,19 @@ def test_nan_values_are_dropped_and_missing_columns_raise():
         compare_conditions(table.drop(columns="image_id"), keys=["quantity"])
 
 
+def test_conditions_that_are_not_strings_are_compared_and_keep_their_values():
+    table = hierarchical_table(np.random.default_rng(3), n_images=6, cells=5, effect=1.0)
+    numeric = table.assign(condition=table["condition"].map({"ctrl": 0, "vpa": 10}))
+    out = compare_conditions(numeric, keys=["quantity"], reference=0)
+    expected = compare_conditions(table, keys=["quantity"], reference="ctrl")
+    assert out["p_value"].notna().all()
+    np.testing.assert_allclose(out["p_value"], expected["p_value"])
+    assert set(out["condition"]) == {10} and set(out["reference"]) == {0}
+    with pytest.raises(DataError, match="read the same"):
+        compare_conditions(numeric.assign(condition=numeric["condition"].where(numeric.index % 2 == 0, "10")),
+                           keys=["quantity"])
+
+
 def test_reference_choice():
     assert choose_reference(["vpa", "Ctrl"]) == "Ctrl"
     assert choose_reference(["tsa", "DMSO", "vpa"]) == "DMSO"

@@ -345,3 +345,20 @@ def test_train_command_views_and_errors(simulated_run) -> None:
     assert bad_view.exit_code == 2 and "available: Hoechst, CTCF, H3K27ac" in bad_view.output
     too_many = runner.invoke(app, ["train", str(simulated_run), "--folds", "9", "--quiet"])
     assert too_many.exit_code == 2 and "--folds" in too_many.output
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_option_reaches_training_prediction_and_batch_norm_refresh(monkeypatch, amp) -> None:
+    import epikit.training.fit as fit
+
+    real, asked = fit._autocast, []
+
+    def recording(device, enabled):
+        asked.append(enabled)
+        return real(device, enabled)
+
+    monkeypatch.setattr(fit, "_autocast", recording)
+    crops, labels, groups = field_crops(3, 4, size=16, seed=2)
+    cross_validate(crops, labels, groups, ["ctrl", "vpa"], "cnn", {"width": 4}, folds=2,
+                   options=TrainingOptions(epochs=1, batch_size=8, amp=amp, precise_bn=True, progress=False))
+    assert len(asked) > 4 and set(asked) == {amp}

@@ -12,8 +12,10 @@ brightness, so they capture *where* in the nucleus attention or signal sits. Reg
 Each quantity is compared between every condition and the reference with
 :func:`epikit.analysis.stats.compare_conditions`: image level (per-image means; the
 statistical unit of the design) and cell level (for comparison), Benjamini-Hochberg q-values
-within each unit. ``biomarkers.csv`` holds one row per source x explainer x channel x region
-x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
+within each unit. Map rows compare only maps that belong together under the run's target
+policy (:mod:`epikit.analysis.targets`: by default both sides explained for the same class);
+their ``target`` column says which class (``own``: each cell's own condition).
+``biomarkers.csv`` holds one row per source x explainer x channel x region x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
 bootstrap bands over images), ``findings`` (image-level rows with q < alpha, ranked, each
 with its trust checks), ``channel_attribution`` and ``trust``.
 """
@@ -27,12 +29,13 @@ import numpy as np
 import pandas as pd
 
 from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
-from epikit.analysis.stats import bootstrap_mean_ci, compare_conditions
+from epikit.analysis.stats import adjust_within_units, bootstrap_mean_ci, choose_reference, compare_conditions
+from epikit.analysis.targets import describe_targets, side_targets
 from epikit.errors import DataError
 
 KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
 COLUMNS: tuple[str, ...] = (
-    "source", "explainer", "channel", "region", "statistic", "condition", "reference",
+    "source", "explainer", "channel", "region", "target", "statistic", "condition", "reference",
     "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
     "test", "n_condition", "n_reference", "min_p",
 )
@@ -82,20 +85,60 @@ def map_shell_shares(maps: np.ndarray, masks: np.ndarray, n_shells: int = 5, met
     return shell_shares(shell_means(maps, regions, n_shells))
 
 
-def shares_table(cells: pd.DataFrame, shares: np.ndarray, source: str, explainer: str, channel: str) -> pd.DataFrame:
+def shares_table(cells: pd.DataFrame, shares: np.ndarray, source: str, explainer: str, channel: str,
+                 targets: Sequence[str] | np.ndarray | None = None) -> pd.DataFrame:
     """Long-format rows (one per cell and region) of one source/channel's shares (N, n).
 
-    Columns: cell_id, image_id, condition, source, explainer, channel, region, value; the
-    input of :func:`biomarker_table` and :func:`epikit.analysis.stats.compare_conditions`.
+    Columns: cell_id, image_id, condition, source, explainer, channel, region, target (the
+    class a map explains; ``""`` for image rows), value; the input of :func:`biomarker_table`
+    and :func:`epikit.analysis.stats.compare_conditions`.
     """
+    target = np.asarray(targets).astype(str) if targets is not None else ""
     frames = []
     for region, values in region_values(shares).items():
         frames.append(pd.DataFrame({
             "cell_id": cells["cell_id"].to_numpy(), "image_id": cells["image_id"].to_numpy(),
             "condition": cells["condition"].astype(str).to_numpy(), "source": source,
-            "explainer": explainer, "channel": channel, "region": region, "value": values,
+            "explainer": explainer, "channel": channel, "region": region, "target": target, "value": values,
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+def comparison_maps(long: pd.DataFrame, target: str, condition: str, reference: str) -> pd.DataFrame:
+    """The map rows of ``long`` that one comparison sets side by side under the target policy ``target``.
+
+    The condition's cells explained for its side's class and the reference's cells for
+    theirs (:func:`epikit.analysis.targets.side_targets`); every map of either under ``predicted``.
+    """
+    ours, theirs = side_targets(target, condition, reference)
+    mine, base = long["condition"] == condition, long["condition"] == reference
+    if ours is not None:
+        mine &= long["target"] == ours
+        base &= long["target"] == theirs
+    return long[mine | base]
+
+
+def target_label(target: str, condition: str, reference: str) -> str:
+    """The ``target`` column of a comparison's map rows: the one class both sides explain, or the policy."""
+    ours, theirs = side_targets(target, condition, reference)
+    return ours if ours is not None and ours == theirs else target
+
+
+def compare_maps(long: pd.DataFrame, target: str, reference: str, image_test: str = "permutation",
+                 seed: int = 0, units: Sequence[str] = ("image", "cell")) -> pd.DataFrame:
+    """Every non-reference condition against ``reference`` on the maps its comparison may use.
+
+    Returns :func:`~epikit.analysis.stats.compare_conditions` rows with a ``target`` column;
+    q-values are not adjusted here (the caller adjusts the whole family).
+    """
+    frames = []
+    for condition in sorted(set(long["condition"]) - {reference}):
+        rows = comparison_maps(long, target, condition, reference)
+        if (rows["condition"] == condition).any() and (rows["condition"] == reference).any():
+            compared = compare_conditions(rows, keys=list(KEYS), reference=reference, image_test=image_test,
+                                          units=units, seed=seed)
+            frames.append(compared.assign(target=target_label(target, condition, reference)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def image_shares(
@@ -125,9 +168,19 @@ def image_shares(
 
 
 def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test: str = "permutation",
-                    seed: int = 0) -> pd.DataFrame:
-    """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`)."""
-    table = compare_conditions(long, keys=list(KEYS), reference=reference, image_test=image_test, seed=seed)
+                    seed: int = 0, target: str = "contrast") -> pd.DataFrame:
+    """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`).
+
+    Image rows compare every cell; map rows follow the target policy ``target`` (see
+    :func:`compare_maps`). Benjamini-Hochberg q-values within each unit over all rows.
+    """
+    reference = choose_reference(long["condition"].unique(), reference)
+    is_map = long["source"] == "map"
+    parts = [compare_conditions(long[~is_map], keys=list(KEYS), reference=reference, image_test=image_test,
+                                seed=seed).assign(target="")] if (~is_map).any() else []
+    if is_map.any():
+        parts.append(compare_maps(long[is_map], target, reference, image_test, seed))
+    table = adjust_within_units(pd.concat(parts, ignore_index=True))
     table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
     order = {"image": 0, "cell": 1}
     table = table.sort_values(
@@ -157,15 +210,20 @@ def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> lis
 
 
 def finding_text(row: pd.Series, n_shells: int) -> str:
-    """One sentence for an image-level biomarker row."""
-    if row["source"] == "map":
-        what = f"{row['explainer']} attention ({row['channel']} view)"
-    else:
-        what = f"{row['channel']} intensity share"
+    """One sentence for an image-level biomarker row; a map row says what its maps compare."""
+    numbers = (f"q={row['q_value']:.2g} (image level, {row['n_condition']} vs {row['n_reference']} images), "
+               f"Cliff's delta={row['cliffs_delta']:+.2f}")
     direction = "higher" if row["effect"] > 0 else "lower"
-    return (f"{what} in {region_label(row['region'], n_shells)} {direction} in {row['condition']} "
-            f"than {row['reference']}: q={row['q_value']:.2g} (image level, "
-            f"{row['n_condition']} vs {row['n_reference']} images), Cliff's delta={row['cliffs_delta']:+.2f}")
+    if row["source"] != "map":
+        return (f"{row['channel']} intensity share in {region_label(row['region'], n_shells)} {direction} in "
+                f"{row['condition']} than {row['reference']}: {numbers}")
+    where = localisation(row["region"], row["effect"], n_shells)
+    moves = {"rim-enriched": "lies nearer the rim", "centre-enriched": "lies nearer the centre"}.get(
+        where, f"takes a {'larger' if row['effect'] > 0 else 'smaller'} share of {row['region']}")
+    evidence = describe_targets(str(row.get("target") or "predicted"), str(row["condition"]), str(row["reference"]))
+    return (f"{row['explainer']} {evidence} ({row['channel']} view) {moves} in {row['condition']} than in "
+            f"{row['reference']} nuclei ({region_label(row['region'], n_shells)} share {direction}, "
+            f"{row['effect']:+.3f}): {numbers}")
 
 
 def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10) -> list[dict[str, Any]]:
@@ -184,11 +242,33 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
             "rank": rank,
             "text": finding_text(row, n_shells),
             "localisation": localisation(row["region"], row["effect"], n_shells),
-            **{key: _plain(row[key]) for key in ("source", "explainer", "channel", "region", "condition",
+            **{key: _plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
                                                   "reference", "effect", "cliffs_delta", "hedges_g",
                                                   "p_value", "q_value", "unit", "n_condition", "n_reference")},
         })
     return found
+
+
+def note_opposite_localisations(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark map and intensity findings of one comparison that put the change at opposite ends.
+
+    A finding whose localisation (rim- or centre-enriched) is contradicted by a finding of the
+    other source for the same condition and reference gets ``opposite``: a sentence naming them.
+    """
+    ends = ("rim-enriched", "centre-enriched")
+    out = []
+    for finding in findings:
+        other_source = "image" if finding["source"] == "map" else "map"
+        against = [f for f in findings if f["source"] == other_source and f["localisation"] in ends
+                   and finding["localisation"] in ends and f["localisation"] != finding["localisation"]
+                   and (f["condition"], f["reference"]) == (finding["condition"], finding["reference"])]
+        if against:
+            names = ", ".join(sorted({f"{f['channel']} {f['region']}" for f in against}))
+            kind = "intensity" if other_source == "image" else "map"
+            finding = {**finding, "opposite": (f"{kind} findings ({names}) localise the change the other way "
+                                               f"({against[0]['localisation']}, this one {finding['localisation']})")}
+        out.append(finding)
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -257,9 +257,11 @@ def compare_conditions(
     missing = [c for c in (*keys, value, condition, image) if c not in table.columns]
     if missing:
         raise DataError(f"comparison table lacks column(s) {', '.join(missing)}")
-    ref = choose_reference(table[condition].unique(), reference)
-    others = sorted(c for c in table[condition].unique() if c != ref)
-    data = table.loc[table[value].notna(), [*keys, value, condition, image]]
+    labels = _condition_labels(table[condition])
+    ref = choose_reference(list(labels), None if reference is None else str(reference))
+    others = sorted(c for c in labels if c != ref)
+    data = table.loc[table[value].notna(), [*keys, value, image]].assign(
+        **{condition: table[condition].map(lambda c: str(c))})
     rows: list[dict[str, Any]] = []
     for key_values, group in data.groupby(list(keys), sort=True, dropna=False):
         key_values = key_values if isinstance(key_values, tuple) else (key_values,)
@@ -275,16 +277,37 @@ def compare_conditions(
                 other_cells = group.loc[group[condition] == other, value].to_numpy()
                 results.append(compare_cells(other_cells, reference_cells))
             for result in results:
-                rows.append(
-                    {**dict(zip(keys, key_values)), "condition": other, "reference": ref, **asdict(result)}
-                )
+                rows.append({**dict(zip(keys, key_values)), "condition": labels[other],
+                             "reference": labels[ref], **asdict(result)})
     out = pd.DataFrame(rows)
     if out.empty:
         raise DataError("nothing to compare: no values for the non-reference conditions")
-    out["q_value"] = np.nan
-    for unit, index in out.groupby("unit").groups.items():
-        out.loc[index, "q_value"] = benjamini_hochberg(out.loc[index, "p_value"].to_numpy())
-    return out
+    return adjust_within_units(out)
+
+
+def adjust_within_units(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``q_value``: Benjamini-Hochberg of ``p_value`` within each ``unit`` (one family per unit)."""
+    table = table.copy()
+    table["q_value"] = np.nan
+    for _, index in table.groupby("unit").groups.items():
+        table.loc[index, "q_value"] = benjamini_hochberg(table.loc[index, "p_value"].to_numpy())
+    return table
+
+
+def _condition_labels(conditions: pd.Series) -> dict[str, Any]:
+    """Each condition's text (how it is compared and matched) -> the value as the table holds it.
+
+    Any hashable condition works (0 and 10, or "ctrl" and "vpa"); two values that read the
+    same (1 and "1") are a :class:`DataError`.
+    """
+    labels: dict[str, Any] = {}
+    for value in pd.unique(conditions):
+        text = str(value)
+        if text in labels:
+            raise DataError(f"conditions {labels[text]!r} and {value!r} read the same ({text!r}); "
+                            "give every condition a distinct name")
+        labels[text] = value.item() if isinstance(value, np.generic) else value
+    return labels
 
 
 def bootstrap_mean_ci(

@@ -19,7 +19,8 @@ def explain_command(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Explainer parameter key=value, repeatable (e.g. -p weighting=softmax-over-channels)."),
     cells: str = typer.Option(ExplainOptions.cells, "--cells", help="Which out-of-fold test cells: correct, misclassified or all."),
     max_cells: int = typer.Option(ExplainOptions.max_cells, "--max-cells", help="At most this many cells per condition (seeded random choice; 0: all)."),
-    target: str = typer.Option(ExplainOptions.target, "--target", help="Class to explain: predicted, or a class (condition) name."),
+    target: str = typer.Option(ExplainOptions.target, "--target", help="Class to explain: contrast (every cell for the non-reference condition), own (each cell for its own condition; the study's), predicted, or a class name."),
+    reference: str = typer.Option(ExplainOptions.reference, "--reference", help="Reference condition of the contrast target (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
     view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
     seed: int = typer.Option(ExplainOptions.seed, "--seed", help="Seed of the cell choice."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -31,7 +32,7 @@ def explain_command(
     from epikit.explanation import run
 
     options = ExplainOptions(explainer=explainer, cells=cells, max_cells=max_cells, target=target,
-                             params=parse_params(param), seed=seed, views=tuple(view) if view else None)
+                             reference=reference, params=parse_params(param), seed=seed, views=tuple(view) if view else None)
     with get_executor(workers, scheduler) as executor:
         summary = run(run_dir, options, executor=executor, progress=not quiet)
     for name, info in summary["views"].items():
@@ -48,7 +49,8 @@ def biomarkers_command(
     reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
     alpha: float = typer.Option(BiomarkerOptions.alpha, "--alpha", help="q-value threshold of a finding."),
     image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation or mannwhitney."),
-    shells: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
+    shell_method: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
+    target_swap: bool = typer.Option(BiomarkerOptions.target_swap, "--target-swap/--no-target-swap", help="Explain the cells of each map finding for the other class too and flag findings the target alone explains."),
     trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
     trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
     control_epochs: int = typer.Option(BiomarkerOptions.control_epochs, "--control-epochs", help="Epochs of the mask-only control model (0: as many as the run's classifier)."),
@@ -62,8 +64,9 @@ def biomarkers_command(
 
     options = BiomarkerOptions(reference=reference, trust=trust, trust_cells=trust_cells,
                                control_epochs=control_epochs, seed=seed, alpha=alpha,
-                               image_test=image_test, shell_method=shells, profile_bins=profile_bins,
-                               profile_bin_um=profile_bin_um, profile_resamples=profile_resamples)
+                               image_test=image_test, shell_method=shell_method, target_swap=target_swap,
+                               profile_bins=profile_bins, profile_bin_um=profile_bin_um,
+                               profile_resamples=profile_resamples)
     summary = run(run_dir, options)
     typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
                f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")

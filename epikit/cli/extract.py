@@ -25,6 +25,7 @@ def extract_command(
     scale: str = typer.Option(ExtractOptions.scale, "--scale", help="fit: resize the nucleus to fill S keeping its aspect ratio; native: no resize."),
     min_area: int = typer.Option(ExtractOptions.min_area, "--min-area", help="Skip nuclei smaller than this many pixels."),
     max_area: int = typer.Option(ExtractOptions.max_area, "--max-area", help="Skip nuclei larger than this many pixels (0: no limit)."),
+    n_shells: int = typer.Option(ExtractOptions.n_shells, "--n-shells", help="Concentric shells of the shell features (the study: 5)."),
     align: str = typer.Option(ExtractOptions.align, "--align", help="none, or major-axis: rotate each nucleus's major axis to horizontal."),
     normalise: str = typer.Option(ExtractOptions.normalise, "--normalise", help="Intensity scaling: image (percentiles per image), cell, or none."),
     channels: Optional[str] = CHANNELS,
@@ -44,7 +45,8 @@ def extract_command(
 
     records = discover(input, channels, z, pixel_size, pattern, layout, nuclear_channel)
     options = ExtractOptions(crop_size=crop_size, keep_context=keep_context, scale=scale, align=align,
-                             normalise=normalise, min_area=min_area, max_area=max_area, ring_width_um=ring_width_um,
+                             normalise=normalise, min_area=min_area, max_area=max_area, n_shells=n_shells,
+                             ring_width_um=ring_width_um,
                              images=tuple(records), masks=None if masks is None else str(masks),
                              features=features)
     with warnings.catch_warnings(record=True) as caught, get_executor(workers, scheduler) as executor:

@@ -48,6 +48,29 @@ INPUT_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES + tuple(PLUGINS) + (ZARR_SUFFIX
 #: Relative difference under which two pixel sizes count as the same.
 PIXEL_SIZE_TOLERANCE = 1e-3
 
+#: Characters a condition or group name may not hold: run-folder paths are built from them.
+_FORBIDDEN_IN_NAMES = ("/", "\\", "\x00")
+
+
+def check_name(kind: str, name: str, where: str) -> str:
+    """``name`` unchanged when it is a usable condition or group name, else a one-line :class:`InputError`.
+
+    Masks and average maps are stored under the condition's name, so a name must be one path
+    component: no ``/`` or ``\\``, not ``.`` or ``..``, no surrounding spaces. ``where`` names
+    the file (and manifest line) in the error.
+    """
+    if (not name or name in (".", "..") or name != name.strip()
+            or any(c in name for c in _FORBIDDEN_IN_NAMES)):
+        raise InputError(f"{where}: {kind} {name!r} is not a usable name (no '/', '\\', '.' or '..'); "
+                         f"rename it, e.g. {_suggest(name, kind)!r}")
+    return name
+
+
+def _suggest(name: str, kind: str) -> str:
+    cleaned = re.sub(r"[/\\\x00]+", "_", name.strip()).strip("._")
+    return cleaned or f"{kind}_1"
+
+
 __all__ = ["ImageRecord", "SkippedFile", "discover_images", "find_images", "mask_path"]
 
 
@@ -121,7 +144,11 @@ def _entries_from_manifest(manifest: Path) -> tuple[list[InputEntry], tuple[str,
         if not all(texts) or not condition:
             raise InputError(f"{manifest}: line {number} has an empty path or condition")
         paths = tuple(resolve(t) for t in texts)
+        where = f"{manifest} line {number}"
+        check_name("condition", condition, where)
         group = (row.get("group") or "").strip() or None
+        if group is not None:
+            check_name("group", group, where)
         extra = {k: (v or "").strip() for k, v in row.items()
                  if k not in {"condition", "group", *path_columns} and k is not None}
         entries.append(InputEntry(paths[0], condition, group, extra, paths if per_channel else ()))
@@ -276,4 +303,5 @@ def discover_images(
 
 def mask_path(masks_dir: str | os.PathLike[str], record: ImageRecord) -> Path:
     """Where the label image of ``record`` lives: ``masks_dir/<image id>.tif`` (``<condition>/<name>.tif``)."""
+    check_name("condition", record.condition, str(record.path))
     return Path(masks_dir) / f"{record.image_id}.tif"

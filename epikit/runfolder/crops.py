@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from epikit.errors import DataError
+from epikit.runfolder.layout import CELLS, CROPS
 from epikit.runfolder.rows import read_rows
 
 
@@ -20,6 +21,25 @@ def read_masks(crops_path: Path, crop_index: np.ndarray) -> np.ndarray:
     if "masks" not in dict(group.arrays()):
         raise DataError(f"{crops_path} has no 'masks' array; re-run extraction")
     return read_rows(group["masks"], crop_index) > 0
+
+
+def crops_fingerprint(run_dir: str | Path) -> str:
+    """Fingerprint of the cells a run folder's maps are made from: the cell ids and crop rows of
+    ``cells.parquet`` and the content of ``crops.zarr`` (crops and masks, hashed in slices).
+
+    A re-run extraction (other ``--min-area``, crop size, normalisation...) changes it.
+    """
+    import pandas as pd
+    import zarr
+
+    from epikit.config import section_hash
+
+    run_dir = Path(run_dir)
+    table = pd.read_parquet(run_dir / CELLS, columns=["cell_id", "crop_index"])
+    group = zarr.open_group(str(run_dir / CROPS), mode="r")
+    arrays = dict(group.arrays())
+    return section_hash(table["cell_id"].astype(str).tolist(), table["crop_index"].to_numpy(np.int64),
+                        *(arrays[name] for name in ("crops", "masks") if name in arrays))
 
 
 @dataclass

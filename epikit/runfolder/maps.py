@@ -6,13 +6,15 @@ Layout (written atomically)::
       maps         (M, S, S) float16 in [0, 1], row i explains cell_ids[i]
       crop_index   (M,) int64   row of the cell in crops.zarr / cells.parquet crop_index
       fold         (M,) int64   the fold model that produced the map
-      target       (M,) int64   explained class index (into attrs["classes"])
+      target       (M,) int64   explained class index (into attrs["classes"]); under the
+                                contrast target policy a reference cell has one row per comparison
       average/<condition>/  map (S, S), channels (C, S, S), coverage (S, S): aligned means
       <view>/...   the same for every further trained view (several views only)
 
-    attrs: view, views, explainer, layer, target (mode), classes, channel_names, params,
-           cells, max_cells, seed, cell_ids, models_sha256, info (explainer run details),
-           provenance
+    attrs: view, views, explainer, layer, target (the policy, see epikit.analysis.targets),
+           reference, classes, channel_names, params, cells, max_cells, seed, cell_ids (one
+           per row), models_sha256, crops_fingerprint (of the cells and crops the maps were
+           made from), info (explainer run details), provenance
 
 The first (primary) view sits at the root so ``maps.zarr`` has the run-folder contract's
 ``maps`` array; further views are sub-groups named after the view.
@@ -29,6 +31,7 @@ import numpy as np
 
 from epikit.errors import ConfigError, DataError, InputError
 from epikit.io.store import atomic_path
+from epikit.runfolder.crops import crops_fingerprint
 from epikit.runfolder.layout import MAPS
 from epikit.runfolder.models import models_sha256
 
@@ -101,18 +104,29 @@ class StoredMaps:
     attrs: dict[str, Any]
 
 
-def _check_models(run_dir: Path, attrs: dict[str, Any]) -> None:
-    """Refuse maps made by models that have since been retrained (their folds may differ now)."""
+def _check_models(run_dir: Path, attrs: dict[str, Any], crops: str | None = None) -> None:
+    """Refuse maps made by models that have since been retrained (their folds may differ now)
+    or from cells and crops that have since been extracted again (``crops``: their fingerprint now)."""
     made_by = attrs.get("models_sha256")
     if made_by is not None and made_by != models_sha256(run_dir, attrs.get("view")):
         raise DataError(
             f"{run_dir / MAPS} was made by models that have since been retrained; "
             f"run `epikit explain {run_dir}` again"
         )
+    made_from = attrs.get("crops_fingerprint")
+    if made_from is None or made_from != (crops or crops_fingerprint(run_dir)):
+        raise DataError(
+            f"{run_dir / MAPS} was made from other cells or crops than crops.zarr holds now (extracted "
+            f"again?); run `epikit train` and `epikit explain {run_dir}` again"
+        )
 
 
-def read_maps(run_dir: str | Path, view: str | None = None) -> StoredMaps:
-    """The maps of ``view`` (default: the root / primary view) from ``RUN/maps.zarr``."""
+def read_maps(run_dir: str | Path, view: str | None = None, crops: str | None = None) -> StoredMaps:
+    """The maps of ``view`` (default: the root / primary view) from ``RUN/maps.zarr``.
+
+    Raises :class:`DataError` when the maps are stale: made by other models, or from other
+    cells or crops (``crops``: :func:`~epikit.runfolder.crops.crops_fingerprint` when known).
+    """
     import zarr
 
     path = Path(run_dir) / MAPS
@@ -126,7 +140,7 @@ def read_maps(run_dir: str | Path, view: str | None = None) -> StoredMaps:
             raise ConfigError(f"{path} has no maps for view {view!r}; views: {', '.join(root.attrs.get('views', []))}")
         group = children[view]
     attrs = dict(group.attrs)
-    _check_models(Path(run_dir), attrs)
+    _check_models(Path(run_dir), attrs, crops)
     return StoredMaps(
         view=str(attrs.get("view")),
         maps=np.asarray(group["maps"][...], dtype=np.float32),
@@ -142,10 +156,11 @@ def read_map_sets(run_dir: str | Path) -> list[StoredMaps]:
     """Every view's maps in ``maps.zarr``, the root (primary) view first."""
     import zarr
 
-    root = read_maps(run_dir)
+    crops = crops_fingerprint(run_dir) if (Path(run_dir) / MAPS).is_dir() else None
+    root = read_maps(run_dir, crops=crops)
     views = [v for v in root.attrs.get("views", [root.view]) if v != root.view]
     children = dict(zarr.open_group(str(Path(run_dir) / MAPS), mode="r").groups())
-    return [root] + [read_maps(run_dir, v) for v in views if v in children]
+    return [root] + [read_maps(run_dir, v, crops) for v in views if v in children]
 
 
 def read_averages(run_dir: str | Path, view: str, conditions: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -157,7 +157,7 @@ def cross_validate(
                 fold_options, device, description=label,
             )
             test_proba = predict_proba(trained.model, data[torch.as_tensor(test_positions).to(data.device)],
-                                       device=device).cpu().numpy()
+                                       device=device, amp=options.amp).cpu().numpy()
             if store is not None:
                 store.save(k, trained, test_proba)
         proba[test_positions] = test_proba

@@ -95,15 +95,19 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def predict_proba(
-    model: nn.Module, crops: torch.Tensor, batch_size: int = 256, device: torch.device | None = None
+    model: nn.Module, crops: torch.Tensor, batch_size: int = 256, device: torch.device | None = None,
+    amp: bool = True,
 ) -> torch.Tensor:
-    """Class probabilities (N, K) float32 on ``device`` for ``crops`` (softmax of the logits)."""
+    """Class probabilities (N, K) float32 on ``device`` for ``crops`` (softmax of the logits).
+
+    ``amp``: mixed precision on CUDA (as :class:`~epikit.options.TrainingOptions` ``amp``).
+    """
     import torch
 
     device = device or next(model.parameters()).device
     model.eval()
     parts = []
-    with torch.inference_mode(), _autocast(device, True):
+    with torch.inference_mode(), _autocast(device, amp):
         for start in range(0, len(crops), batch_size):
             batch = crops[start:start + batch_size].to(device, non_blocking=True).float()
             parts.append(torch.softmax(model(batch).float(), dim=1))
@@ -204,7 +208,7 @@ class _Fit:
         """Loss (class-weighted like training), accuracy and balanced accuracy on ``crops``."""
         from torch import nn
 
-        proba = predict_proba(self.model, crops, device=self.device)
+        proba = predict_proba(self.model, crops, device=self.device, amp=self.options.amp)
         loss = nn.functional.nll_loss(proba.clamp_min(1e-7).log(), labels,
                                       weight=self.loss_weights)
         scores = classification_scores(labels.cpu().numpy(), proba.cpu().numpy(),
@@ -261,7 +265,7 @@ def train_classifier(
             }
             candidate = epoch >= min_epochs and (has_validation or epoch == options.epochs)
             if candidate and options.precise_bn:
-                refresh_batch_norm(model, crops, fit.train_index, options.batch_size * 4, device)
+                refresh_batch_norm(model, crops, fit.train_index, options.batch_size * 4, device, options.amp)
             if candidate and has_validation:
                 record.update(fit.validate(val_crops, val_labels))
                 if record["val_loss"] < best_loss:
@@ -284,9 +288,10 @@ def train_classifier(
 
 def refresh_batch_norm(
     model: nn.Module, crops: torch.Tensor, index: torch.Tensor, batch_size: int,
-    device: torch.device,
+    device: torch.device, amp: bool = True,
 ) -> None:
-    """Recompute every BatchNorm's running mean/variance as the average over ``crops[index]``."""
+    """Recompute every BatchNorm's running mean/variance as the average over ``crops[index]``
+    (``amp``: in mixed precision on CUDA)."""
     import torch
     from torch import nn
 
@@ -299,7 +304,7 @@ def refresh_batch_norm(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
     model.train()
-    with torch.no_grad(), _autocast(device, True):
+    with torch.no_grad(), _autocast(device, amp):
         for start in range(0, len(index), batch_size):
             batch = index[start:start + batch_size]
             if len(batch) > 1:

@@ -49,8 +49,7 @@ class FoldStore:
     def fingerprint(crops: Any, labels: np.ndarray, groups: np.ndarray, classifier: str,
             params: dict[str, Any], split: str, folds: int, options: TrainingOptions) -> str:
         """Hash of everything a fold's result depends on: the data and :func:`training_settings`."""
-        array = crops.cpu().numpy() if hasattr(crops, "cpu") else np.asarray(crops)
-        return section_hash(array, np.asarray(labels), np.asarray(groups).astype(str),
+        return section_hash(crops, np.asarray(labels), np.asarray(groups).astype(str),
                             training_settings(classifier, params, split, folds, options))
 
     def path(self, fold: int) -> Path:

@@ -2,7 +2,8 @@
 
 Reads what :mod:`epikit.analysis.biomarkers` and :mod:`epikit.analysis.trust` write:
 ``metrics.json`` keys ``biomarkers`` (summary), ``findings`` (ranked image-level rows, each
-with ``trust``), ``channel_attribution`` and ``trust`` (faithfulness, sanity, mask-edge
+with ``trust``; map findings with their ``target_swap`` control, and ``opposite`` where map and
+intensity findings localise the change at opposite ends), ``channel_attribution`` and ``trust`` (faithfulness, sanity, mask-edge
 control), and ``biomarkers.csv``.
 """
 
@@ -32,7 +33,7 @@ from epikit.report.sections.common import (
 BIOMARKER_ROWS = 25
 FINDINGS_SHOWN = 3
 #: Finding fields shown in its detail table (the sentence already holds the rest).
-FINDING_DETAILS = ("localisation", "source", "explainer", "channel", "region", "effect", "cliffs_delta",
+FINDING_DETAILS = ("localisation", "source", "explainer", "channel", "region", "target", "effect", "cliffs_delta",
                    "p_value", "q_value", "n_condition", "n_reference")
 
 
@@ -81,6 +82,11 @@ def _finding_block(finding: Any) -> Markup:
     flags = [str(f) for f in (trust.get("flags") or [])] if isinstance(trust, Mapping) else []
     if flags:
         parts.append(paragraph(element("b", "Flags: "), "; ".join(flags)))
+    if finding.get("opposite"):
+        parts.append(paragraph(element("b", "Opposite localisation: "), str(finding["opposite"])))
+    swap = finding.get("target_swap")
+    if isinstance(swap, Mapping) and swap.get("computed"):
+        parts.append(paragraph(element("b", "Target-swap control: "), str(swap.get("text", ""))))
     if isinstance(trust, Mapping):
         rows = _trust_rows(trust)
         if rows:
@@ -201,8 +207,9 @@ def biomarkers_section(report: ReportContext) -> Markup:
     body: list[Any] = []
     summary = run.metrics.get("biomarkers")
     if isinstance(summary, Mapping):
-        facts = {k: summary[k] for k in ("reference", "alpha", "image_test", "shell_method", "n_shells",
-                                          "n_significant_image_level", "n_significant_cell_level") if k in summary}
+        facts = {k: summary[k] for k in ("reference", "target", "alpha", "image_test", "shell_method", "n_shells",
+                                          "n_significant_image_level", "n_significant_cell_level",
+                                          "n_target_driven") if k in summary}
         body.append(mapping_table(facts, "biomarker analysis", "value"))
     body += [element("h3", "Findings"), *_findings(run)]
     body += [element("h3", "Channel attribution"), *_attribution(report)]
