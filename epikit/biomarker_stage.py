@@ -51,6 +51,7 @@ from epikit.analysis.trust import (
 from epikit.errors import ConfigError, DataError
 from epikit.io.store import write_csv
 from epikit.options import BiomarkerOptions
+from epikit.analysis.radial import is_interval_region
 from epikit.radial_biomarkers import radial_biomarkers
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
@@ -131,7 +132,8 @@ def biomarker_run(
     long = pd.concat(frames, ignore_index=True)
     table = biomarker_table(long, reference, image_test, seed, policy or "contrast")
     radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
-                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha)
+                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha,
+                               policy=policy or "contrast")
     table, findings = radial.merge(table, rank_findings(table, alpha, n_shells))
     write_csv(table, run_dir / BIOMARKERS)
     summary: dict[str, Any] = {
@@ -207,8 +209,9 @@ def target_swap_controls(run_dir: Path, dataset: CellDataset, stored: dict[str, 
     class of the comparison (:func:`epikit.analysis.targets.swapped`).
     """
     controls: dict[tuple[str, str], Any] = {}
-    for view, condition in sorted({(f["channel"], f["condition"]) for f in findings if f["source"] == "map"}):
-        maps, reference = stored[view], next(f["reference"] for f in findings if f["condition"] == condition)
+    shell_findings = [f for f in findings if f["source"] == "map" and not is_interval_region(f["region"])]
+    for view, condition in sorted({(f["channel"], f["condition"]) for f in shell_findings}):
+        maps, reference = stored[view], next(f["reference"] for f in shell_findings if f["condition"] == condition)
         used = comparison_maps(long[view], policy or "contrast", condition, reference)
         positions = np.unique(used["map_row"].to_numpy())
         classes = list(maps.attrs["classes"])

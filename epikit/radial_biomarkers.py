@@ -30,6 +30,7 @@ import pandas as pd
 from epikit.analysis.biomarkers import COLUMNS
 from epikit.analysis.radial import compare_profiles, interval_region, localisation
 from epikit.analysis.stats import benjamini_hochberg
+from epikit.analysis.targets import side_targets
 from epikit.errors import DataError
 from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
 from epikit.runfolder.layout import MAPS
@@ -87,11 +88,13 @@ def _profile_blocks(n: int, read_values: Callable[[int, int], np.ndarray],
 
 
 def _long(cells: pd.DataFrame, values: np.ndarray, source: str, explainer: str, channel: str,
-          scale: str, edges: np.ndarray) -> pd.DataFrame:
-    """Tidy rows of one quantity's profiles (n, bins)."""
+          scale: str, edges: np.ndarray, targets: np.ndarray | None = None) -> pd.DataFrame:
+    """Tidy rows of one quantity's profiles (n, bins); ``targets``: the class each map explains."""
     n, bins = values.shape
     repeat = {c: np.repeat(cells[c].astype(str).to_numpy(), bins) for c in ("cell_id", "image_id", "condition", "group")}
-    return pd.DataFrame({**repeat, "source": source, "explainer": explainer, "channel": channel, "scale": scale,
+    target = "" if targets is None else np.repeat(np.asarray(targets, dtype=str), bins)
+    return pd.DataFrame({**repeat, "source": source, "explainer": explainer, "channel": channel,
+                         "target": target, "scale": scale,
                          "bin": np.tile(np.arange(bins), n), "start": np.tile(edges[:-1], n),
                          "stop": np.tile(edges[1:], n), "value": values.ravel()})
 
@@ -118,16 +121,33 @@ def measure_profiles(run_dir: str | Path, cells: pd.DataFrame, channel_names: Se
                          f"{Path(run_dir) / MAPS} explains cells that cells.parquet lacks; re-run explain")
         explained = cells.iloc[rows]
         map_um = pixel_um[rows] if pixel_um is not None else None
+        targets = np.asarray(stored.attrs["classes"], dtype=object)[np.asarray(stored.target, dtype=np.int64)]
         blocks = _profile_blocks(len(rows), lambda a, b, s=stored: np.asarray(s.maps[a:b], np.float32),
                                  lambda a, b, s=stored: store.read_masks(s.crop_index[a:b]), map_um, bins, bin_um)
         for scale, profiles in blocks.items():
             frames.append(_long(explained, profiles, "map", str(stored.attrs.get("explainer", "")), stored.view,
-                                scale, bin_edges(bins, scale, bin_um)))
+                                scale, bin_edges(bins, scale, bin_um), targets))
     return pd.concat(frames, ignore_index=True)
 
 
+def comparable_maps(block: pd.DataFrame, policy: str, reference: str) -> pd.DataFrame:
+    """The rows of one map quantity (maps explaining one class) that a condition comparison may set
+    side by side: conditions whose maps *and* the reference's maps explain that class.
+
+    Under ``contrast`` (or one fixed class) that is each condition with the reference; under
+    ``own`` or ``predicted`` the two sides explain different classes, so nothing is compared (a
+    difference could come from the target alone; the shell rows carry the target-swap control).
+    """
+    target = str(block["target"].iloc[0])
+    conditions = set(block["condition"].astype(str)) - {reference}
+    keep = {c for c in conditions if side_targets(policy, c, reference) == (target, target)}
+    if not keep:
+        return block.iloc[:0]
+    return block[block["condition"].astype(str).isin(keep | {reference})]
+
+
 def _finding_text(row: dict[str, Any], scale: str) -> str:
-    what = (f"{row['explainer']} attention ({row['channel']} view)" if row["source"] == "map"
+    what = (f"{row['explainer']} evidence for {row['target']} ({row['channel']} view)" if row["source"] == "map"
             else f"{row['channel']} intensity")
     direction = "higher" if row["effect"] > 0 else "lower"
     return (f"{what} relative to the nucleus mean {direction} in {row['condition']} than {row['reference']} "
@@ -139,9 +159,12 @@ def _finding_text(row: dict[str, Any], scale: str) -> str:
 def radial_biomarkers(
     run_dir: str | Path, cells: pd.DataFrame, channel_names: Sequence[str], map_sets: Sequence[StoredMaps],
     reference: str, *, bins: int = 20, bin_um: float = 0.25, resamples: int = 1000, seed: int = 0,
-    alpha: float = 0.05,
+    alpha: float = 0.05, policy: str = "contrast",
 ) -> RadialBiomarkers:
     """Profile every cell, write ``profiles.parquet`` and ``profile_curves.csv``, test every quantity.
+
+    Map quantities are compared only between maps explaining one class (``policy``: the maps'
+    target policy; :func:`comparable_maps`).
 
     ``resamples``: bootstrap replicates of the bands and random permutations of the test (the
     test enumerates every label assignment when there are few enough).
@@ -149,28 +172,35 @@ def radial_biomarkers(
     long = measure_profiles(run_dir, cells, channel_names, map_sets, bins=bins, bin_um=bin_um)
     write_cell_profiles(run_dir, long)
     curves, rows = [], []
+    skipped: list[str] = []
     for key, block in long.groupby(list(QUANTITY), sort=False):
+        if key[0] == "map":
+            block = comparable_maps(block, policy, reference)
+            if block.empty:
+                skipped.append(f"{key[1]} {key[2]} maps for {key[3]}")
+                continue
         wide = block.pivot(index="cell_id", columns="bin", values="value")
         meta = block.drop_duplicates("cell_id").set_index("cell_id").loc[wide.index]
-        edges = bin_edges(bins, key[3], bin_um)
+        edges = bin_edges(bins, key[4], bin_um)
         result = compare_profiles(wide.to_numpy(), meta, reference, edges, n_boot=resamples,
                                   n_permutations=resamples, seed=seed)
         labels = dict(zip(QUANTITY, key))
         curves.append(result.curves.assign(**labels))
         for interval in result.intervals:
-            rows.append({**labels, **interval, "region": interval_region(interval["start"], interval["stop"], key[3]),
+            rows.append({**labels, **interval, "region": interval_region(interval["start"], interval["stop"], key[4]),
                          "effect": interval["difference"],
                          "statistic": "bin mean / nucleus mean; cluster mass of Welch t"})
     table = pd.DataFrame(rows, columns=[*COLUMNS, "scale", "start", "stop"])
     if len(table):
         table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(np.float64))
-    all_curves = pd.concat(curves, ignore_index=True)
+    all_curves = pd.concat(curves, ignore_index=True)  # image quantities are always there
     write_profile_curves(run_dir, all_curves[[*QUANTITY, *[c for c in all_curves if c not in QUANTITY]]])
     found = table[table["q_value"] < alpha].sort_values(["q_value", "p_value"], kind="mergesort")
     findings = [{"rank": rank, "text": _finding_text(row, row["scale"]),
                  "localisation": localisation(row["start"], row["stop"], _deepest(bins, row["scale"], bin_um),
                                               row["effect"]),
-                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "region", "condition", "reference",
+                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
+                                                "reference",
                                                 "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
                                                 "n_condition", "n_reference")}}
                 for rank, row in enumerate(found.to_dict("records"), start=1)]
@@ -178,7 +208,8 @@ def radial_biomarkers(
                "resamples": resamples, "n_intervals": int(len(table)),
                "n_significant": int((table["q_value"] < alpha).sum()) if len(table) else 0,
                "band": "95% simultaneous hierarchical bootstrap-t band",
-               "test": "cluster-mass permutation of unit condition labels, FWER over bins"}
+               "test": "cluster-mass permutation of unit condition labels, FWER over bins",
+               "maps_not_compared": sorted(set(skipped))}
     return RadialBiomarkers(table[list(COLUMNS)], findings, summary)
 
 

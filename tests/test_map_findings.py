@@ -50,6 +50,10 @@ def test_a_planted_effect_gives_a_map_finding_with_its_target_swap_control(plant
     found = map_findings(planted)
     assert found
     for finding in found:
+        assert "gradcam evidence for vpa (all view)" in finding["text"] and finding["target"] == "vpa"
+    shells = [f for f in found if f["region"].startswith("shell") or f["region"] == "rim_vs_centre"]
+    assert shells
+    for finding in shells:
         assert "gradcam evidence for vpa (all view) lies nearer the" in finding["text"]
         assert "in vpa than in ctrl nuclei" in finding["text"] and finding["target"] == "vpa"
         control = finding["target_swap"]

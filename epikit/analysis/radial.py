@@ -50,6 +50,11 @@ def interval_region(start: float, stop: float, scale: str = "relative") -> str:
     return f"{name}[{start:.2f},{stop:.2f})"
 
 
+def is_interval_region(region: str) -> bool:
+    """Whether a biomarkers.csv region is a radial interval (not a shell)."""
+    return str(region).startswith("radial")
+
+
 @dataclass
 class ProfileComparison:
     """Curves with bands, the per-unit curves and the tested intervals of one quantity."""

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from epikit.analysis.radial import is_interval_region
+
 #: A map finding's effect must exceed its target's part this many times not to be target-driven.
 TARGET_DRIVEN_RATIO = 2.0
 TARGET_DRIVEN = "target-driven"
@@ -85,12 +87,16 @@ def target_swap_control(original: pd.DataFrame, swapped: pd.DataFrame, finding: 
 
 
 def attach_target_swap(findings: list[dict[str, Any]], controls: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
-    """Each map finding with its ``target_swap`` control (``controls``: (view, condition) -> function
-    of a finding) and, when target-driven, the ``target-driven`` flag among its trust flags."""
+    """Each map shell finding with its ``target_swap`` control (``controls``: (view, condition) ->
+    function of a finding) and, when target-driven, the ``target-driven`` flag among its trust flags.
+
+    Radial interval findings of maps need none: they compare only maps of one class
+    (:func:`epikit.radial_biomarkers.comparable_maps`), so the target has no part in them.
+    """
     out = []
     for finding in findings:
         control = controls.get((finding.get("channel"), finding.get("condition")))
-        if finding["source"] != "map" or control is None:
+        if finding["source"] != "map" or control is None or is_interval_region(finding["region"]):
             out.append(finding)
             continue
         result = control(finding)

@@ -31,8 +31,8 @@ from epikit.errors import ConfigError, DataError
 from epikit.io.store import write_csv, write_parquet
 from epikit.runfolder.layout import PROFILE_CURVES, PROFILES
 
-#: Columns that name one profiled quantity.
-QUANTITY: tuple[str, ...] = ("source", "explainer", "channel", "scale")
+#: Columns that name one profiled quantity (``target``: the class a map explains, "" for images).
+QUANTITY: tuple[str, ...] = ("source", "explainer", "channel", "target", "scale")
 CELL_COLUMNS: tuple[str, ...] = ("cell_id", "image_id", "condition", "group", *QUANTITY,
                                  "bin", "start", "stop", "value")
 LEVELS: tuple[str, ...] = ("cell", "image", "condition")
