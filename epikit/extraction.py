@@ -60,6 +60,7 @@ from epikit.io import (
     read_image,
     read_labels,
 )
+from epikit.io.discover import design_values
 from epikit.config import section_hash
 from epikit.options import ExtractOptions, option_values
 from epikit.runfolder.crop_writer import STATE_VERSION, CropWriter
@@ -87,7 +88,8 @@ METADATA_COLUMNS: tuple[str, ...] = (
 def _fingerprint(record: ImageRecord, masks: Path) -> list[Any]:
     """What must not change for a finished image to stay valid: its metadata and both files."""
     files = [os.stat(p) for p in (record.path, masks)]
-    return [str(record.path), record.condition, record.group, *[[s.st_size, s.st_mtime_ns] for s in files]]
+    return [str(record.path), record.condition, record.group, design_values(record),
+            *[[s.st_size, s.st_mtime_ns] for s in files]]
 
 
 def _check_channels(records: list[ImageRecord]) -> tuple[str, ...]:
@@ -417,6 +419,7 @@ def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> 
         "cell_id": [f"{record.image_id}#{row['label']}" for row in rows],
         "image_id": [record.image_id] * n, "path": [str(record.path)] * n,
         "condition": [record.condition] * n, "group": [record.group] * n,
+        **{key: [value] * n for key, value in design_values(record).items()},
     }
     for key in rows[0]:
         columns[key] = [row[key] for row in rows]

@@ -4,17 +4,20 @@ Two layouts are accepted:
 
 * a folder with one sub-folder per condition (``input/ctrl/*.tif``, ``input/vpa/*.tif``);
   a folder holding ``manifest.csv`` uses that manifest instead;
-* a manifest CSV with columns ``path,condition[,group]`` (paths relative to the CSV) and
-  optional extra columns such as ``plate`` or ``date`` kept as metadata (the classifier's
-  confound check reads them).
+* a manifest CSV with columns ``path,condition[,group][,replicate][,dose]`` (paths relative
+  to the CSV) and optional extra columns such as ``plate`` or ``date`` kept as metadata (the
+  classifier's confound check reads them).
 
-``group`` is the statistical / splitting unit (a field, well or replicate); it defaults to
-the image itself.
+``group`` is the splitting unit (a field or well); it defaults to the image itself.
+``replicate`` (a plate or day) and a numeric ``dose`` describe the design: the statistics
+test at the highest independent level (:mod:`epikit.analysis.design`) and look for a dose
+trend (:mod:`epikit.analysis.multigroup`); :func:`design_values` gives them typed.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import warnings
@@ -25,6 +28,8 @@ from epikit.errors import DataError, InputError
 from epikit.io.images import IMAGE_SUFFIXES, ImageInfo, probe_image
 
 MANIFEST_NAME = "manifest.csv"
+#: Manifest columns that describe the experimental design (copied into ``cells.parquet``).
+DESIGN_COLUMNS: tuple[str, ...] = ("replicate", "dose")
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,34 @@ def _entries_from_manifest(manifest: Path) -> list[tuple[Path, str, str | None, 
         group = (row.get("group") or "").strip() or None
         extra = {k: (v or "").strip() for k, v in row.items()
                  if k not in {"path", "condition", "group"} and k is not None}
+        _check_design(manifest, number, extra)
         entries.append((path, condition, group, extra))
     return entries
+
+
+def _check_design(manifest: Path, number: int, extra: dict[str, str]) -> None:
+    """A manifest row's ``replicate`` must be non-empty and its ``dose`` a finite number >= 0."""
+    for column in DESIGN_COLUMNS:
+        if column in extra and not extra[column]:
+            raise InputError(f"{manifest}: line {number} has an empty {column}; give every row one")
+    if "dose" in extra:
+        try:
+            dose = float(extra["dose"])
+        except ValueError:
+            dose = float("nan")
+        if not math.isfinite(dose) or dose < 0:
+            raise InputError(f"{manifest}: line {number} has dose {extra['dose']!r}; "
+                             "give a number >= 0 (e.g. 0, 0.5, 2)")
+
+
+def design_values(record: ImageRecord) -> dict[str, str | float]:
+    """The design columns a record's manifest row gave: ``replicate`` (str), ``dose`` (float)."""
+    values: dict[str, str | float] = {}
+    if "replicate" in record.metadata:
+        values["replicate"] = record.metadata["replicate"]
+    if "dose" in record.metadata:
+        values["dose"] = float(record.metadata["dose"])
+    return values
 
 
 def find_images(
