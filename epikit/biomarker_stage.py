@@ -22,13 +22,12 @@ import pandas as pd
 
 from epikit.analysis.biomarkers import (
     SHELL_COLUMN_PREFIX,
-    biomarker_table,
     image_shares,
     map_shell_shares,
-    rank_findings,
     shares_table,
     shell_profiles,
 )
+from epikit.design_analysis import analyse_design, design_findings
 from epikit.analysis.fold_maps import explain_cells
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference, compare_conditions
 from epikit.analysis.trust import (
@@ -73,6 +72,10 @@ def biomarker_run(
     control_epochs: int | None = BiomarkerOptions.control_epochs,
     explainers: Sequence[str] | None = None,
     maps: bool = True,
+    min_units: int = BiomarkerOptions.min_units,
+    unit_test: str = BiomarkerOptions.unit_test,
+    overall_test: str = BiomarkerOptions.overall_test,
+    model: str = BiomarkerOptions.model,
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
@@ -85,6 +88,8 @@ def biomarker_run(
     scorecam) and the randomisation sanity check, each on up to ``trust_cells`` cells per
     condition. ``maps=False`` tests the image channels only (no maps.zarr needed, no trust
     checks). The returned summary lists the findings as sentences with their flags.
+    The design (``min_units``, ``unit_test``, ``overall_test``, ``model``):
+    :func:`epikit.design_analysis.analyse_design`.
     """
     if shell_method not in SHELL_COLUMN_PREFIX:
         raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
@@ -114,9 +119,14 @@ def biomarker_run(
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
-    table = biomarker_table(long, reference, image_test, seed)
+    # -- design (#16): unit selection, tests across conditions and doses, mixed models
+    designed = analyse_design(run_dir, long, cells, reference=reference, seed=seed, alpha=alpha,
+                              image_test=image_test, min_units=min_units, unit_test=unit_test,
+                              overall_test=overall_test, model=model)
+    table = designed.table
     write_csv(table, run_dir / BIOMARKERS)
-    findings = rank_findings(table, alpha, n_shells)
+    findings = design_findings(designed, alpha, n_shells)
+    # -- end design
     summary: dict[str, Any] = {
         "reference": reference,
         "alpha": alpha,
@@ -126,7 +136,8 @@ def biomarker_run(
         "n_rows": int(len(table)),
         "n_significant_image_level": int(((table["unit"] == "image") & (table["q_value"] < alpha)).sum()),
         "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
-        "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
+        "q_values": "Benjamini-Hochberg within each unit (design-unit rows; each comparison level separately)",
+        "design": designed.summary,
         "profiles": shell_profiles(long, seed),
     }
     if trust:
@@ -156,7 +167,8 @@ def run(
     return biomarker_run(run_dir, reference=options.reference, trust=options.trust, seed=options.seed,
                          alpha=options.alpha, image_test=options.image_test,
                          shell_method=options.shell_method, trust_cells=options.trust_cells,
-                         control_epochs=options.control_epochs)
+                         control_epochs=options.control_epochs, min_units=options.min_units,
+                         unit_test=options.unit_test, overall_test=options.overall_test, model=options.model)
 
 
 def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: str) -> tuple[Any, Any]:

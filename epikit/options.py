@@ -204,6 +204,10 @@ class ExplainOptions:
 class BiomarkerOptions:
     """The biomarkers stage: reference condition ("" picks one), trust checks and their sizes.
 
+    The design (:mod:`epikit.analysis.design`): the unit is the highest level with at least
+    ``min_units`` units per condition, tested with ``unit_test`` when above the image;
+    ``overall_test`` (kruskal or f) across three or more conditions; ``model="mixed"`` adds a
+    linear mixed model per quantity (statsmodels; variance components and ICC).
     Per run: ``seed``, the finding threshold ``alpha``, the image-level test and the shell
     definition (see :func:`epikit.biomarker_stage.biomarker_run`).
     """
@@ -212,6 +216,10 @@ class BiomarkerOptions:
     trust: bool = True
     trust_cells: int = 24
     control_epochs: int = 6
+    min_units: int = 3
+    unit_test: str = "ttest"
+    overall_test: str = "kruskal"
+    model: str = "means"
     seed: int = per_run(0)
     alpha: float = per_run(0.05)
     image_test: str = per_run("permutation")

@@ -10,9 +10,10 @@ brightness, so they capture *where* in the nucleus attention or signal sits. Reg
 = share of shell 1 minus share of shell n.
 
 Each quantity is compared between every condition and the reference with
-:func:`epikit.analysis.stats.compare_conditions`: image level (per-image means; the
-statistical unit of the design) and cell level (for comparison), Benjamini-Hochberg q-values
-within each unit. ``biomarkers.csv`` holds one row per source x explainer x channel x region
+:func:`epikit.analysis.stats.compare_conditions`: at the design unit (the image, or with
+replicates / multi-field groups the highest level with 3 units per condition, see
+:mod:`epikit.analysis.design`; ``role="design"``) and at the levels below it (image, cell;
+``role="comparison"``), Benjamini-Hochberg q-values within each unit. ``biomarkers.csv`` holds one row per source x explainer x channel x region
 x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
 bootstrap bands over images), ``findings`` (image-level rows with q < alpha, ranked, each
 with its trust checks), ``channel_attribution`` and ``trust``.
@@ -27,13 +28,14 @@ import numpy as np
 import pandas as pd
 
 from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
+from epikit.analysis.design import Design, compare_design
 from epikit.analysis.stats import bootstrap_mean_ci, compare_conditions
 from epikit.errors import DataError
 
 KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
 COLUMNS: tuple[str, ...] = (
     "source", "explainer", "channel", "region", "statistic", "condition", "reference",
-    "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
+    "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit", "role",
     "test", "n_condition", "n_reference", "min_p",
 )
 RIM_VS_CENTRE = "rim_vs_centre"
@@ -125,14 +127,23 @@ def image_shares(
 
 
 def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test: str = "permutation",
-                    seed: int = 0) -> pd.DataFrame:
-    """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`)."""
-    table = compare_conditions(long, keys=list(KEYS), reference=reference, image_test=image_test, seed=seed)
+                    seed: int = 0, design: Design | None = None, unit_test: str = "ttest") -> pd.DataFrame:
+    """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`).
+
+    With a ``design`` (:mod:`epikit.analysis.design`) the tests run at its unit
+    (``role="design"``) and the lower levels follow as ``role="comparison"`` rows; without,
+    the image is the unit and the cell level the comparison.
+    """
+    if design is None:
+        table = compare_conditions(long, keys=list(KEYS), reference=reference, image_test=image_test, seed=seed)
+        table["role"] = np.where(table["unit"] == "image", "design", "comparison")
+    else:
+        table = compare_design(long, KEYS, design, reference, image_test, unit_test, seed)
     table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
-    order = {"image": 0, "cell": 1}
+    order = {"design": 0, "comparison": 1, "replicate": 0, "group": 1, "image": 2, "cell": 3}
     table = table.sort_values(
-        ["unit", "q_value", "p_value"], key=lambda s: s.map(order) if s.name == "unit" else s,
-        kind="mergesort",
+        ["role", "unit", "q_value", "p_value"],
+        key=lambda s: s.map(order) if s.name in ("role", "unit") else s, kind="mergesort",
     )
     return table[list(COLUMNS)].reset_index(drop=True)
 
@@ -163,18 +174,20 @@ def finding_text(row: pd.Series, n_shells: int) -> str:
     else:
         what = f"{row['channel']} intensity share"
     direction = "higher" if row["effect"] > 0 else "lower"
+    unit = row.get("unit", "image")
     return (f"{what} in {region_label(row['region'], n_shells)} {direction} in {row['condition']} "
-            f"than {row['reference']}: q={row['q_value']:.2g} (image level, "
-            f"{row['n_condition']} vs {row['n_reference']} images), Cliff's delta={row['cliffs_delta']:+.2f}")
+            f"than {row['reference']}: q={row['q_value']:.2g} ({unit} level, "
+            f"{row['n_condition']} vs {row['n_reference']} {unit}s), Cliff's delta={row['cliffs_delta']:+.2f}")
 
 
-def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10) -> list[dict[str, Any]]:
-    """Image-level rows with q < ``alpha``, ranked by q, then |Cliff's delta|, then |Hedges' g|.
+def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10,
+                  unit: str = "image") -> list[dict[str, Any]]:
+    """Rows of the design ``unit`` with q < ``alpha``, ranked by q, then |Cliff's delta|, then |Hedges' g|.
 
     Few images make q and Cliff's delta tie often (the smallest attainable p, complete
     separation); Hedges' g, scale-free unlike ``effect``, then ranks the clearer separation first.
     """
-    rows = table[(table["unit"] == "image") & (table["q_value"] < alpha)].copy()
+    rows = table[(table["unit"] == unit) & (table["q_value"] < alpha)].copy()
     rows["_delta"] = -rows["cliffs_delta"].abs()
     rows["_g"] = -rows["hedges_g"].abs().fillna(0.0)
     rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort").head(limit)

@@ -184,3 +184,12 @@ def compare_design(long: pd.DataFrame, keys: Sequence[str], design: Design, refe
     top["unit"] = design.unit
     top["role"] = "design"
     return pd.concat([top, rows], ignore_index=True)
+
+
+def attach_design(long: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """``long`` (rows keyed by ``cell_id``) with the cells' ``group``, ``replicate`` and ``dose`` columns."""
+    columns = [c for c in (*DESIGN_COLUMNS, "dose") if c in cells.columns and c not in long.columns]
+    if not columns:
+        return long
+    lookup = cells.drop_duplicates("cell_id").set_index("cell_id")[columns]
+    return long.join(lookup, on="cell_id")

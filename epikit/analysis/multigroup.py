@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats as scipy_stats
 
+from epikit.analysis.design import Design, unit_means
 from epikit.analysis.stats import benjamini_hochberg
 from epikit.errors import ConfigError, DataError
 
@@ -182,3 +183,17 @@ def multigroup_table(means: pd.DataFrame, keys: Sequence[str], unit: str,
 
 def _joined(values: np.ndarray) -> str:
     return ";".join(f"{v:.6g}" for v in values)
+
+
+def across_conditions(long: pd.DataFrame, keys: Sequence[str], design: Design, statistic: str = "kruskal",
+                      n_permutations: int = 9999, seed: int = 0) -> pd.DataFrame | None:
+    """:func:`multigroup_table` on the design unit's means of ``long``; None with two conditions and no dose.
+
+    A ``dose`` column in ``long`` adds the trend test (each condition must have one dose).
+    """
+    has_dose = "dose" in long.columns
+    if long["condition"].nunique() < 3 and not has_dose:
+        return None
+    doses = condition_doses(long) if has_dose else None
+    means = unit_means(long, keys, design.unit)
+    return multigroup_table(means, keys, design.unit, doses, statistic, n_permutations, seed)

@@ -53,17 +53,24 @@ def biomarkers_command(
     trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
     control_epochs: int = typer.Option(BiomarkerOptions.control_epochs, "--control-epochs", help="Epochs of the mask-only control model (0: as many as the run's classifier)."),
     seed: int = typer.Option(BiomarkerOptions.seed, "--seed", help="Seed of permutations, bootstrap and subsets."),
+    min_units: int = typer.Option(BiomarkerOptions.min_units, "--min-units", help="Units per condition a design level needs to be the unit of the tests."),
+    unit_test: str = typer.Option(BiomarkerOptions.unit_test, "--unit-test", help="Test at a design unit above the image: ttest, permutation or mannwhitney."),
+    overall_test: str = typer.Option(BiomarkerOptions.overall_test, "--overall-test", help="Permuted statistic across 3+ conditions: kruskal or f."),
+    model: str = typer.Option(BiomarkerOptions.model, "--model", help="means, or mixed: add a linear mixed model per quantity (statsmodels)."),
 ) -> None:
-    """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
+    """Shell statistics of maps and images at the design unit -> biomarkers.csv, findings in metrics.json."""
     from epikit.biomarker_stage import run
 
     options = BiomarkerOptions(reference=reference, trust=trust, trust_cells=trust_cells,
                                control_epochs=control_epochs, seed=seed, alpha=alpha,
-                               image_test=image_test, shell_method=shells)
+                               image_test=image_test, shell_method=shells, min_units=min_units,
+                               unit_test=unit_test, overall_test=overall_test, model=model)
     summary = run(run_dir, options)
+    design = summary["design"]
     typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
-               f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")
+               f"unit: {design['unit']} ({design['reason']}); {design['n_significant']} {design['unit']}-level "
+               f"rows with q < {alpha}")
     for number, text in enumerate(summary["findings"], start=1):
         typer.echo(f"{number}. {text}")
     if not summary["findings"]:
-        typer.echo("no finding passes the image-level threshold")
+        typer.echo(f"no finding passes the {design['unit']}-level threshold")

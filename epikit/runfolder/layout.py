@@ -3,7 +3,8 @@
 The run-folder contract (``DESIGN.md``, README "The run folder")::
 
     manifest.json  config.toml  masks/  segmentation.csv/.json  cells.parquet  crops.zarr
-    model/  maps.zarr  biomarkers.csv  metrics.json  report.html  figures/
+    model/  maps.zarr  biomarkers.csv  condition_tests.csv  mixed_models.csv  metrics.json
+    report.html  figures/  power.csv  power.png
     .epikit/       stages.json and the resume scratch of each stage
     demo_input/    the simulated input of a demo run
 """
@@ -24,6 +25,13 @@ MODEL = "model"
 TRAINING_INFO = "training.json"  # inside MODEL
 MAPS = "maps.zarr"
 BIOMARKERS = "biomarkers.csv"
+#: Tests across three or more conditions and the dose trend (epikit.analysis.multigroup).
+CONDITION_TESTS = "condition_tests.csv"
+#: Linear mixed models per quantity (``-p biomarkers.model=mixed``; epikit.analysis.mixed).
+MIXED_MODELS = "mixed_models.csv"
+#: The power plan of ``epikit power`` (epikit.analysis.power): table and figure.
+POWER_TABLE = "power.csv"
+POWER_FIGURE = "power.png"
 METRICS = "metrics.json"
 REPORT = "report.html"
 FIGURES = "figures"
@@ -42,6 +50,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "extract": (CROPS, CELLS, (SCRATCH_DIR / "extract").as_posix()),
     "train": (MODEL, (SCRATCH_DIR / "train").as_posix()),
     "explain": (MAPS, (SCRATCH_DIR / "explain").as_posix()),
-    "biomarkers": (BIOMARKERS,),
+    "biomarkers": (BIOMARKERS, CONDITION_TESTS, MIXED_MODELS),
     "report": (REPORT, FIGURES),
 }
