@@ -233,6 +233,22 @@ class ReportOptions:
     enabled: bool = True
 
 
+@dataclass(frozen=True)
+class PowerOptions:
+    """``epikit power``: the feature, the effect to detect (None: the detectable effect at
+    ``power``), the grid of replicates per condition x images per replicate, and the simulation."""
+
+    feature: str = "H3K27ac:rim_vs_centre"
+    effect: float | None = None
+    replicates: tuple[int, ...] = (1, 2, 3, 4, 6)
+    images: tuple[int, ...] = (2, 3, 4, 6, 8)
+    alpha: float = 0.05
+    power: float = 0.8
+    simulations: int = 2000
+    min_units: int = 3
+    seed: int = 0
+
+
 #: The options of each stage, in the order the stages run (plus the demo input).
 STAGE_OPTIONS: dict[str, type] = {
     "segment": SegmentOptions,

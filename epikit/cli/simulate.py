@@ -64,7 +64,7 @@ def simulate_command(
                                    help="Replicates (plates, days) of every condition, --fields fields each."),
     replicate_sd: float = typer.Option(0.0, "--replicate-sd",
                                        help="Replicate effect: SD of the log rim/centre ratio shift "
-                                            "of each replicate of each condition (0-0.3)."),
+                                            "of each replicate of each condition (0-0.5)."),
     fields_per_group: int = typer.Option(1, "--fields-per-group",
                                          help="Group consecutive fields into wells of this many fields."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),

@@ -159,7 +159,7 @@ def simulate_dataset(
     sizes = condition_effects(conditions, control, effect_size, doses)
     if int(replicates) != replicates or not 1 <= replicates <= 100:
         raise ConfigError(f"replicates = {replicates!r} must be a whole number from 1 to 100")
-    replicate_sd = check_number("replicate_sd", replicate_sd, 0.0, 0.3)
+    replicate_sd = check_number("replicate_sd", replicate_sd, 0.0, 0.5)
     try:
         seed = int(seed)
     except (TypeError, ValueError):
