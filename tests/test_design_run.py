@@ -149,3 +149,16 @@ def test_epikit_power_prints_its_table_and_writes_the_plan(tmp_path):
                                           "--simulations", "300"])
     assert detectable.exit_code == 0 and "detectable_effect" in detectable.output
     assert np.isfinite(pd.read_csv(run / POWER_TABLE)["detectable_effect"]).all()
+
+
+def test_the_classifier_trains_on_every_condition_of_a_dose_series(tmp_path):
+    from epikit.training.stage import train_run
+
+    run = design_run(tmp_path, n_fields=2, replicates=2, conditions=("ctrl", "d1", "d4"), doses=(0, 1, 4),
+                     effect_size=1.0)
+    train_run(run, classifier="cnn", params={"width": 4, "depth": 2}, folds=2, epochs=1, batch_size=32,
+              progress=False)
+    scores = json.loads((run / "metrics.json").read_text())["classification"]
+    assert sorted(scores["per_class"]) == ["ctrl", "d1", "d4"]
+    matrix = np.array(scores["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == len(pd.read_parquet(run / "cells.parquet"))
