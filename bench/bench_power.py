@@ -9,6 +9,11 @@
    planned power is closest to each ``--targets`` value.
 4. Check: simulate ``--datasets`` new studies at each chosen point (fresh seeds), analyse each
    like the biomarkers stage (design unit; Student's t on replicate means) and count p < alpha.
+5. Pilot size: ``--small-pilots`` typical pilots (3 replicates x 4 fields per condition) plan
+   the same points; their spread shows how much a small pilot's components move the plan.
+
+The main pilot is large (default 30 replicates x 2 fields) so that step 4 checks the
+planner's simulation, not the luck of one pilot.
 
     nice python bench/bench_power.py --datasets 60
 """
@@ -63,8 +68,9 @@ def design_p(cells: pd.DataFrame) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pilot-replicates", type=int, default=8)
-    parser.add_argument("--pilot-fields", type=int, default=3)
+    parser.add_argument("--pilot-replicates", type=int, default=30)
+    parser.add_argument("--pilot-fields", type=int, default=2)
+    parser.add_argument("--small-pilots", type=int, default=8)
     parser.add_argument("--calibration-fields", type=int, default=24)
     parser.add_argument("--replicate-sd", type=float, default=0.15)
     parser.add_argument("--effect-size", type=float, default=0.5)
@@ -98,6 +104,20 @@ def main() -> None:
                         "achieved_stderr": stderr, "datasets": args.datasets})
         print(f"target {target:.2f}: {r} replicates x {m} images per condition -> planned "
               f"{point['power']:.3f}, achieved {achieved:.3f} +- {stderr:.3f} ({args.datasets} studies)")
+    for result in results:
+        result["small_pilot_plans"] = []
+    for k in range(args.small_pilots):
+        small = variance_components(study_cells(work / "small", 3000 + k, 3, 4, args.replicate_sd,
+                                                args.effect_size), FEATURE)
+        for result in results:
+            again = simulate_power(small, delta, [result["replicates"]], [result["images_per_replicate"]],
+                                   alpha=args.alpha, n_simulations=4000)
+            result["small_pilot_plans"].append(float(again["power"].iloc[0]))
+    for result in results:
+        plans = np.array(result["small_pilot_plans"])
+        if plans.size:
+            print(f"{result['replicates']} x {result['images_per_replicate']}: planned from {plans.size} small "
+                  f"pilots (3 x 4 fields): median {np.median(plans):.3f}, range {plans.min():.3f}-{plans.max():.3f}")
     shutil.rmtree(work, ignore_errors=True)
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "components": components.to_dict(), "effect_feature_units": delta, "results": results,

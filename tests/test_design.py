@@ -167,7 +167,7 @@ def test_variance_components_recover_the_simulated_ones():
     assert components.cell == pytest.approx(1.0, rel=0.1)
     assert components.image == pytest.approx(0.16, abs=0.06)
     assert components.replicate == pytest.approx(0.25, abs=0.12)
-    assert components.cells_per_image == 20 and components.replicates_per_condition == 30
+    assert components.cells_per_image == pytest.approx(20) and components.replicates_per_condition == 30
     single = variance_components(cells[cells["replicate"] == "rep1"], "feature")
     assert single.replicate is None
     with pytest.raises(ConfigError, match="neither a cells.parquet column"):

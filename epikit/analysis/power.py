@@ -39,7 +39,12 @@ from epikit.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class VarianceComponents:
-    """Variance components of one feature and the pilot's layout (means per unit)."""
+    """Variance components of one feature and the pilot's layout.
+
+    ``cells_per_image`` is the harmonic mean (an image mean of ``n`` cells carries
+    ``cell / n`` of cell noise, so unequal counts weigh by ``1 / n``); the other layout
+    numbers are arithmetic means.
+    """
 
     feature: str
     replicate: float | None
@@ -118,7 +123,7 @@ def variance_components(cells: pd.DataFrame, feature: str) -> VarianceComponents
     per_condition = replicates.groupby("condition").size()
     return VarianceComponents(
         feature=feature, replicate=replicate_var, image=image_var, cell=cell_var,
-        cells_per_image=float(images["size"].mean()), images_per_replicate=float(replicates["size"].mean()),
+        cells_per_image=float(1.0 / mean_inv_cells), images_per_replicate=float(replicates["size"].mean()),
         replicates_per_condition=float(per_condition.mean()), n_images=int(len(images)), n_cells=int(len(data)))
 
 
