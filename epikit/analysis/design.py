@@ -39,8 +39,8 @@ from epikit.errors import DataError
 LEVELS: tuple[str, ...] = ("replicate", "group", "image")
 #: Units per condition a level needs to be the design unit.
 MIN_UNITS = 3
-#: Columns of the cell table that carry the design (besides condition and image_id).
-DESIGN_COLUMNS: tuple[str, ...] = ("replicate", "group")
+#: Columns of the cell table that nest images in groups and replicates.
+NESTING_COLUMNS: tuple[str, ...] = ("replicate", "group")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def unit_ids(table: pd.DataFrame, level: str, condition: str = "condition", imag
 
 def _check_nesting(table: pd.DataFrame, condition: str, image: str) -> None:
     """Every image lies in one condition, one replicate and one group."""
-    for inner, outer in [(image, outer) for outer in (condition, *DESIGN_COLUMNS) if outer in table.columns]:
+    for inner, outer in [(image, outer) for outer in (condition, *NESTING_COLUMNS) if outer in table.columns]:
         spread = table.groupby(inner, sort=True)[outer].nunique()
         if (spread > 1).any():
             name = spread.index[int(np.argmax(spread.to_numpy() > 1))]
@@ -148,7 +148,7 @@ def unit_means(table: pd.DataFrame, keys: Sequence[str], level: str, value: str 
     if level not in LEVELS or (level != "image" and level not in table.columns):
         raise DataError(f"the table has no {level!r} column to average over")
     data = table.loc[table[value].notna()]
-    carried = [c for c in DESIGN_COLUMNS if c in data.columns]
+    carried = [c for c in NESTING_COLUMNS if c in data.columns]
     frame = data.groupby([*keys, condition, image], sort=True, dropna=False)[value].mean().reset_index()
     frame = frame.join(data.drop_duplicates(image).set_index(image)[carried], on=image)
     frame["unit"] = frame[image].astype(str)
@@ -188,7 +188,7 @@ def compare_design(long: pd.DataFrame, keys: Sequence[str], design: Design, refe
 
 def attach_design(long: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """``long`` (rows keyed by ``cell_id``) with the cells' ``group``, ``replicate`` and ``dose`` columns."""
-    columns = [c for c in (*DESIGN_COLUMNS, "dose") if c in cells.columns and c not in long.columns]
+    columns = [c for c in (*NESTING_COLUMNS, "dose") if c in cells.columns and c not in long.columns]
     if not columns:
         return long
     lookup = cells.drop_duplicates("cell_id").set_index("cell_id")[columns]

@@ -47,7 +47,7 @@ def biomarkers_command(
     run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
     reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
     alpha: float = typer.Option(BiomarkerOptions.alpha, "--alpha", help="q-value threshold of a finding."),
-    image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation or mannwhitney."),
+    image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation, mannwhitney or ttest."),
     shells: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
     trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
     trust_cells: int = typer.Option(BiomarkerOptions.trust_cells, "--trust-cells", help="Cells per condition for faithfulness and sanity checks."),
