@@ -24,19 +24,19 @@ import numpy as np
 import pandas as pd
 
 from epikit.analysis.biomarkers import (
+    KEYS,
     SHELL_COLUMN_PREFIX,
-    biomarker_table,
     compare_maps,
     comparison_maps,
     image_shares,
     map_shell_shares,
     note_opposite_localisations,
-    rank_findings,
     shares_table,
     shell_profiles,
 )
+from epikit.design_analysis import analyse_design, design_findings
 from epikit.analysis.fold_maps import explain_cells
-from epikit.analysis.stats import IMAGE_TESTS, adjust_within_units, choose_reference
+from epikit.analysis.stats import IMAGE_TESTS, adjust_within_units, choose_reference, compare_conditions
 from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
 from epikit.analysis.targets import swapped
 from epikit.analysis.trust import (
@@ -87,6 +87,10 @@ def biomarker_run(
     profile_bins: int = BiomarkerOptions.profile_bins,
     profile_bin_um: float = BiomarkerOptions.profile_bin_um,
     profile_resamples: int = BiomarkerOptions.profile_resamples,
+    min_units: int = BiomarkerOptions.min_units,
+    unit_test: str = BiomarkerOptions.unit_test,
+    overall_test: str = BiomarkerOptions.overall_test,
+    model: str = BiomarkerOptions.model,
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
@@ -104,6 +108,8 @@ def biomarker_run(
     cells.parquet has ``pixel_size_um``) and ``profile_resamples`` resamples add interval rows
     and findings (:mod:`epikit.radial_biomarkers`). The returned summary lists the findings
     as sentences with their flags.
+    The design (``min_units``, ``unit_test``, ``overall_test``, ``model``):
+    :func:`epikit.design_analysis.analyse_design`.
     """
     if shell_method not in SHELL_COLUMN_PREFIX:
         raise ConfigError(f"shell method {shell_method!r} is not one of: {', '.join(SHELL_COLUMN_PREFIX)}")
@@ -130,11 +136,13 @@ def biomarker_run(
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
-    table = biomarker_table(long, reference, image_test, seed, policy or "contrast")
+    designed = analyse_design(run_dir, long, cells, reference=reference, seed=seed, alpha=alpha,
+                              image_test=image_test, min_units=min_units, unit_test=unit_test,
+                              overall_test=overall_test, model=model, target=policy or "contrast")
     radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
                                bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha,
                                policy=policy or "contrast")
-    table, findings = radial.merge(table, rank_findings(table, alpha, n_shells))
+    table, findings = radial.merge(designed.table, design_findings(designed, alpha, n_shells))
     write_csv(table, run_dir / BIOMARKERS)
     summary: dict[str, Any] = {
         "reference": reference,
@@ -146,7 +154,8 @@ def biomarker_run(
         "n_rows": int(len(table)),
         "n_significant_image_level": int(((table["unit"] == "image") & (table["q_value"] < alpha)).sum()),
         "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
-        "q_values": "Benjamini-Hochberg within each unit (image rows; cell rows separately)",
+        "q_values": "Benjamini-Hochberg within each unit (design-unit rows; each comparison level separately)",
+        "design": designed.summary,
         "profiles": shell_profiles(long, seed),
         "radial_profiles": radial.summary,
     }
@@ -184,7 +193,8 @@ def run(
                          shell_method=options.shell_method, target_swap=options.target_swap,
                          trust_cells=options.trust_cells, control_epochs=options.control_epochs,
                          profile_bins=options.profile_bins, profile_bin_um=options.profile_bin_um,
-                         profile_resamples=options.profile_resamples)
+                         profile_resamples=options.profile_resamples, min_units=options.min_units,
+                         unit_test=options.unit_test, overall_test=options.overall_test, model=options.model)
 
 
 def map_rows(run_dir: Path, dataset: CellDataset, stored: StoredMaps, maps: np.ndarray, targets: np.ndarray,
@@ -366,8 +376,10 @@ def trust_checks(
     shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
     long = shares_table(cells[tested], shares, "map", name, "mask",
                         np.asarray(stored.attrs["classes"], dtype=object)[stored.target[tested]])
-    rows_out = adjust_within_units(compare_maps(long, str(stored.attrs.get("target", "predicted")), reference,
-                                                image_test, seed, units=("image",)))
+    rows_out = adjust_within_units(compare_maps(
+        long, str(stored.attrs.get("target", "predicted")), reference,
+        lambda rows: compare_conditions(rows, keys=list(KEYS), reference=reference, image_test=image_test,
+                                        units=("image",), seed=seed)))
     mask_control = {
         "accuracy": control.accuracy,
         "explainer": name,

@@ -60,6 +60,7 @@ from epikit.io import (
     read_labels,
     read_record,
 )
+from epikit.io.discover import design_values
 from epikit.config import section_hash
 from epikit.device import single_torch_thread
 from epikit.options import ExtractOptions, option_values
@@ -88,7 +89,8 @@ METADATA_COLUMNS: tuple[str, ...] = (
 def _fingerprint(record: ImageRecord, masks: Path) -> list[Any]:
     """What must not change for a finished image to stay valid: its metadata and both files."""
     files = [os.stat(p) for p in (*record.files, masks)]
-    return [str(record.path), record.condition, record.group, *[[s.st_size, s.st_mtime_ns] for s in files]]
+    return [str(record.path), record.condition, record.group, dict(sorted(record.metadata.items())),
+            *[[s.st_size, s.st_mtime_ns] for s in files]]
 
 
 def _check_channels(records: list[ImageRecord]) -> tuple[str, ...]:
@@ -431,7 +433,8 @@ def _part_table(record: ImageRecord, rows: list[dict[str, Any]], start: int) -> 
         "cell_id": [f"{record.image_id}#{row['label']}" for row in rows],
         "image_id": [record.image_id] * n, "path": [str(record.path)] * n,
         "condition": [record.condition] * n, "group": [record.group] * n,
-        **{key: [value] * n for key, value in record.metadata.items() if key not in rows[0]},
+        **{key: [value] * n for key, value in {**record.metadata, **design_values(record)}.items()
+           if key not in rows[0]},
     }
     for key in rows[0]:
         columns[key] = [row[key] for row in rows]

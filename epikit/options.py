@@ -244,6 +244,10 @@ class BiomarkerOptions:
     Radial profiles (:mod:`epikit.radial_biomarkers`): ``profile_bins`` bins from the outline
     to the centre (and of ``profile_bin_um`` micrometres when the pixel size is known),
     ``profile_resamples`` bootstrap replicates and permutations.
+    The design (:mod:`epikit.analysis.design`): the unit is the highest level with at least
+    ``min_units`` units per condition, tested with ``unit_test`` when above the image;
+    ``overall_test`` (kruskal or f) across three or more conditions; ``model="mixed"`` adds a
+    linear mixed model per quantity (statsmodels; variance components and ICC).
     Per run: ``seed``.
     """
 
@@ -258,6 +262,10 @@ class BiomarkerOptions:
     profile_bins: int = 20
     profile_bin_um: float = 0.25
     profile_resamples: int = 1000
+    min_units: int = 3
+    unit_test: str = "ttest"
+    overall_test: str = "kruskal"
+    model: str = "means"
     seed: int = per_run(0)
 
 
@@ -266,6 +274,22 @@ class ReportOptions:
     """The report stage."""
 
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class PowerOptions:
+    """``epikit power``: the feature, the effect to detect (None: the detectable effect at
+    ``power``), the grid of replicates per condition x images per replicate, and the simulation."""
+
+    feature: str = "H3K27ac:rim_vs_centre"
+    effect: float | None = None
+    replicates: tuple[int, ...] = (1, 2, 3, 4, 6)
+    images: tuple[int, ...] = (2, 3, 4, 6, 8)
+    alpha: float = 0.05
+    power: float = 0.8
+    simulations: int = 2000
+    min_units: int = 3
+    seed: int = 0
 
 
 #: The options of each stage, in the order the stages run (plus the demo input).

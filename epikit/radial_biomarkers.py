@@ -189,7 +189,7 @@ def radial_biomarkers(
         for interval in result.intervals:
             rows.append({**labels, **interval, "region": interval_region(interval["start"], interval["stop"], key[4]),
                          "effect": interval["difference"],
-                         "statistic": "bin mean / nucleus mean; cluster mass of Welch t"})
+                         "statistic": "bin mean / nucleus mean; cluster mass of Welch t", "role": "design"})
     table = pd.DataFrame(rows, columns=[*COLUMNS, "scale", "start", "stop"])
     if len(table):
         table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(np.float64))

@@ -10,25 +10,28 @@ brightness, so they capture *where* in the nucleus attention or signal sits. Reg
 = share of shell 1 minus share of shell n.
 
 Each quantity is compared between every condition and the reference with
-:func:`epikit.analysis.stats.compare_conditions`: image level (per-image means; the
-statistical unit of the design) and cell level (for comparison), Benjamini-Hochberg q-values
-within each unit. Map rows compare only maps that belong together under the run's target
-policy (:mod:`epikit.analysis.targets`: by default both sides explained for the same class);
-their ``target`` column says which class (``own``: each cell's own condition).
-``biomarkers.csv`` holds one row per source x explainer x channel x region x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
+:func:`epikit.analysis.stats.compare_conditions`: at the design unit (the image, or with
+replicates / multi-field groups the highest level with 3 units per condition, see
+:mod:`epikit.analysis.design`; ``role="design"``) and at the levels below it (image, cell;
+``role="comparison"``), Benjamini-Hochberg q-values within each unit. Map rows compare only
+maps that belong together under the run's target policy (:mod:`epikit.analysis.targets`: by
+default both sides explained for the same class); their ``target`` column says which class
+(``own``: each cell's own condition). ``biomarkers.csv`` holds one row per source x explainer
+x channel x region x target x condition x unit. ``metrics.json`` gets ``biomarkers`` (summary and shell profiles with
 bootstrap bands over images), ``findings`` (image-level rows with q < alpha, ranked, each
 with its trust checks), ``channel_attribution`` and ``trust``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
+from epikit.analysis.design import Design, compare_design
 from epikit.analysis.stats import adjust_within_units, bootstrap_mean_ci, choose_reference, compare_conditions
 from epikit.analysis.targets import describe_targets, side_targets
 from epikit.errors import DataError
@@ -36,7 +39,7 @@ from epikit.errors import DataError
 KEYS: tuple[str, ...] = ("source", "explainer", "channel", "region")
 COLUMNS: tuple[str, ...] = (
     "source", "explainer", "channel", "region", "target", "statistic", "condition", "reference",
-    "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
+    "mean_condition", "mean_reference", "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit", "role",
     "test", "n_condition", "n_reference", "min_p",
 )
 RIM_VS_CENTRE = "rim_vs_centre"
@@ -124,20 +127,19 @@ def target_label(target: str, condition: str, reference: str) -> str:
     return ours if ours is not None and ours == theirs else target
 
 
-def compare_maps(long: pd.DataFrame, target: str, reference: str, image_test: str = "permutation",
-                 seed: int = 0, units: Sequence[str] = ("image", "cell")) -> pd.DataFrame:
+def compare_maps(long: pd.DataFrame, target: str, reference: str,
+                 compare: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
     """Every non-reference condition against ``reference`` on the maps its comparison may use.
 
-    Returns :func:`~epikit.analysis.stats.compare_conditions` rows with a ``target`` column;
-    q-values are not adjusted here (the caller adjusts the whole family).
+    ``compare`` tests one comparison's rows (:func:`biomarker_table`: at the design unit and
+    the levels below it). Returns its rows with a ``target`` column; q-values are not adjusted
+    here (the caller adjusts the whole family).
     """
     frames = []
     for condition in sorted(set(long["condition"]) - {reference}):
         rows = comparison_maps(long, target, condition, reference)
         if (rows["condition"] == condition).any() and (rows["condition"] == reference).any():
-            compared = compare_conditions(rows, keys=list(KEYS), reference=reference, image_test=image_test,
-                                          units=units, seed=seed)
-            frames.append(compared.assign(target=target_label(target, condition, reference)))
+            frames.append(compare(rows).assign(target=target_label(target, condition, reference)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -168,24 +170,34 @@ def image_shares(
 
 
 def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test: str = "permutation",
-                    seed: int = 0, target: str = "contrast") -> pd.DataFrame:
+                    seed: int = 0, target: str = "contrast", design: Design | None = None,
+                    unit_test: str = "ttest") -> pd.DataFrame:
     """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`).
 
     Image rows compare every cell; map rows follow the target policy ``target`` (see
-    :func:`compare_maps`). Benjamini-Hochberg q-values within each unit over all rows.
+    :func:`compare_maps`). With a ``design`` (:mod:`epikit.analysis.design`) the tests run at
+    its unit (``role="design"``) and the lower levels follow as ``role="comparison"`` rows;
+    without, the image is the unit and the cell level the comparison. Benjamini-Hochberg
+    q-values within each unit over all rows.
     """
     reference = choose_reference(long["condition"].unique(), reference)
+
+    def compare(rows: pd.DataFrame) -> pd.DataFrame:
+        if design is not None:
+            return compare_design(rows, KEYS, design, reference, image_test, unit_test, seed)
+        compared = compare_conditions(rows, keys=list(KEYS), reference=reference, image_test=image_test, seed=seed)
+        return compared.assign(role=np.where(compared["unit"] == "image", "design", "comparison"))
+
     is_map = long["source"] == "map"
-    parts = [compare_conditions(long[~is_map], keys=list(KEYS), reference=reference, image_test=image_test,
-                                seed=seed).assign(target="")] if (~is_map).any() else []
+    parts = [compare(long[~is_map]).assign(target="")] if (~is_map).any() else []
     if is_map.any():
-        parts.append(compare_maps(long[is_map], target, reference, image_test, seed))
+        parts.append(compare_maps(long[is_map], target, reference, compare))
     table = adjust_within_units(pd.concat(parts, ignore_index=True))
     table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
-    order = {"image": 0, "cell": 1}
+    order = {"design": 0, "comparison": 1, "replicate": 0, "group": 1, "image": 2, "cell": 3}
     table = table.sort_values(
-        ["unit", "q_value", "p_value"], key=lambda s: s.map(order) if s.name == "unit" else s,
-        kind="mergesort",
+        ["role", "unit", "q_value", "p_value"],
+        key=lambda s: s.map(order) if s.name in ("role", "unit") else s, kind="mergesort",
     )
     return table[list(COLUMNS)].reset_index(drop=True)
 
@@ -210,8 +222,9 @@ def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> lis
 
 
 def finding_text(row: pd.Series, n_shells: int) -> str:
-    """One sentence for an image-level biomarker row; a map row says what its maps compare."""
-    numbers = (f"q={row['q_value']:.2g} (image level, {row['n_condition']} vs {row['n_reference']} images), "
+    """One sentence for a design-unit biomarker row; a map row says what its maps compare."""
+    unit = row.get("unit", "image")
+    numbers = (f"q={row['q_value']:.2g} ({unit} level, {row['n_condition']} vs {row['n_reference']} {unit}s), "
                f"Cliff's delta={row['cliffs_delta']:+.2f}")
     direction = "higher" if row["effect"] > 0 else "lower"
     if row["source"] != "map":
@@ -226,13 +239,14 @@ def finding_text(row: pd.Series, n_shells: int) -> str:
             f"{row['effect']:+.3f}): {numbers}")
 
 
-def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10) -> list[dict[str, Any]]:
-    """Image-level rows with q < ``alpha``, ranked by q, then |Cliff's delta|, then |Hedges' g|.
+def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, limit: int = 10,
+                  unit: str = "image") -> list[dict[str, Any]]:
+    """Rows of the design ``unit`` with q < ``alpha``, ranked by q, then |Cliff's delta|, then |Hedges' g|.
 
     Few images make q and Cliff's delta tie often (the smallest attainable p, complete
     separation); Hedges' g, scale-free unlike ``effect``, then ranks the clearer separation first.
     """
-    rows = table[(table["unit"] == "image") & (table["q_value"] < alpha)].copy()
+    rows = table[(table["unit"] == unit) & (table["q_value"] < alpha)].copy()
     rows["_delta"] = -rows["cliffs_delta"].abs()
     rows["_g"] = -rows["hedges_g"].abs().fillna(0.0)
     rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort").head(limit)

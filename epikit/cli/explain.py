@@ -48,7 +48,7 @@ def biomarkers_command(
     run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
     reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
     alpha: float = typer.Option(BiomarkerOptions.alpha, "--alpha", help="q-value threshold of a finding."),
-    image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation or mannwhitney."),
+    image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation, mannwhitney or ttest."),
     shell_method: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
     target_swap: bool = typer.Option(BiomarkerOptions.target_swap, "--target-swap/--no-target-swap", help="Explain the cells of each map finding for the other class too and flag findings the target alone explains."),
     trust: bool = typer.Option(BiomarkerOptions.trust, "--trust/--no-trust", help="Run the trust checks (attribution, mask-edge control, faithfulness, sanity)."),
@@ -58,19 +58,26 @@ def biomarkers_command(
     profile_bin_um: float = typer.Option(BiomarkerOptions.profile_bin_um, "--profile-bin-um", help="Width of the micrometre profile bins (used when cells.parquet has pixel_size_um)."),
     profile_resamples: int = typer.Option(BiomarkerOptions.profile_resamples, "--profile-resamples", help="Bootstrap replicates and permutations of the radial profile statistics."),
     seed: int = typer.Option(BiomarkerOptions.seed, "--seed", help="Seed of permutations, bootstrap and subsets."),
+    min_units: int = typer.Option(BiomarkerOptions.min_units, "--min-units", help="Units per condition a design level needs to be the unit of the tests."),
+    unit_test: str = typer.Option(BiomarkerOptions.unit_test, "--unit-test", help="Test at a design unit above the image: ttest, permutation or mannwhitney."),
+    overall_test: str = typer.Option(BiomarkerOptions.overall_test, "--overall-test", help="Permuted statistic across 3+ conditions: kruskal or f."),
+    model: str = typer.Option(BiomarkerOptions.model, "--model", help="means, or mixed: add a linear mixed model per quantity (statsmodels)."),
 ) -> None:
-    """Shell statistics of maps and images at the image level -> biomarkers.csv, findings in metrics.json."""
+    """Shell statistics of maps and images at the design unit -> biomarkers.csv, findings in metrics.json."""
     from epikit.biomarker_stage import run
 
     options = BiomarkerOptions(reference=reference, trust=trust, trust_cells=trust_cells,
                                control_epochs=control_epochs, seed=seed, alpha=alpha,
                                image_test=image_test, shell_method=shell_method, target_swap=target_swap,
                                profile_bins=profile_bins, profile_bin_um=profile_bin_um,
-                               profile_resamples=profile_resamples)
+                               profile_resamples=profile_resamples, min_units=min_units,
+                               unit_test=unit_test, overall_test=overall_test, model=model)
     summary = run(run_dir, options)
+    design = summary["design"]
     typer.echo(f"{summary['n_rows']} rows in {run_dir / 'biomarkers.csv'} (reference {summary['reference']}); "
-               f"{summary['n_significant_image_level']} image-level rows with q < {alpha}")
+               f"unit: {design['unit']} ({design['reason']}); {design['n_significant']} {design['unit']}-level "
+               f"rows with q < {alpha}")
     for number, text in enumerate(summary["findings"], start=1):
         typer.echo(f"{number}. {text}")
     if not summary["findings"]:
-        typer.echo("no finding passes the image-level threshold")
+        typer.echo(f"no finding passes the {design['unit']}-level threshold")

@@ -1,4 +1,4 @@
-"""``epikit simulate OUT``: write a synthetic two-condition study with ground truth."""
+"""``epikit simulate OUT``: write a synthetic study (conditions, doses, replicates) with ground truth."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return values * 2 if len(values) == 1 else values
 
 
+def _numbers(option: str, text: str) -> tuple[float, ...]:
+    """``"0,1,2.5"`` as a tuple of floats, else a :class:`ConfigError` naming ``option``."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a comma-separated list of numbers like 0,1,2,4") from None
+
+
 @command("simulate")
 def simulate_command(
     out: Path = typer.Argument(..., help="Folder to create (images/, masks/, manifest.csv, simulation.json)."),
@@ -46,7 +54,17 @@ def simulate_command(
     effect_size: float = typer.Option(0.5, "--effect-size",
                                       help="Rim/centre ratio change in VPA relative to ctrl (0.5 = 1.5x)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    conditions: str = typer.Option("ctrl,vpa", "--conditions", help="Comma-separated conditions; the first is the control."),
+    conditions: str = typer.Option(None, "--conditions",
+                                   help="Comma-separated conditions; the first is the control "
+                                        "[default: ctrl,vpa; with --doses: ctrl and dose<d>]."),
+    doses: str = typer.Option(None, "--doses",
+                              help="Comma-separated dose of each condition, e.g. 0,1,2,4: the effect "
+                                   "scales with dose / max dose; adds a dose column to the manifest."),
+    replicates: int = typer.Option(1, "--replicates",
+                                   help="Replicates (plates, days) of every condition, --fields fields each."),
+    replicate_sd: float = typer.Option(0.0, "--replicate-sd",
+                                       help="Replicate effect: SD of the log rim/centre ratio shift "
+                                            "of each replicate of each condition (0-0.5)."),
     fields_per_group: int = typer.Option(1, "--fields-per-group",
                                          help="Group consecutive fields into wells of this many fields."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
@@ -57,7 +75,13 @@ def simulate_command(
     """Simulate multi-channel nuclei fields (Hoechst, CTCF, H3K27ac) with a planted effect and ground truth."""
     from epikit.simulate import simulate_dataset
 
-    names = tuple(name.strip() for name in conditions.split(",") if name.strip())
+    from epikit.simulate.dataset import dose_conditions
+
+    dose_values = _numbers("--doses", doses) if doses is not None else None
+    if conditions is None:
+        names = dose_conditions(dose_values) if dose_values is not None else ("ctrl", "vpa")
+    else:
+        names = tuple(name.strip() for name in conditions.split(",") if name.strip())
     if not names:
         raise ConfigError(f"--conditions {conditions!r} names no condition; use e.g. ctrl,vpa")
     extra = parse_params(param)
@@ -77,8 +101,12 @@ def simulate_command(
         effect_size=effect_size,
         seed=seed,
         fields_per_group=fields_per_group,
+        doses=dose_values,
+        replicates=replicates,
+        replicate_sd=replicate_sd,
         overwrite=overwrite,
         **extra,
     )
-    typer.echo(f"wrote {fields} field(s) x {len(names)} condition(s) to {path} "
+    typer.echo(f"wrote {fields} field(s) x {replicates} replicate(s) x {len(names)} condition(s) "
+               f"({', '.join(names)}) to {path} "
                f"(effect: {effect} in {effect_channel}, size {effect_size:g}; ground truth in {path / 'masks'})")

@@ -7,7 +7,10 @@ Accepted layouts:
 * a manifest CSV with columns ``path,condition[,group]`` (paths relative to the CSV), or one
   path column per channel (``path_Hoechst,path_CTCF,condition``, see
   :mod:`epikit.io.channel_files`), and optional extra columns such as ``plate`` or ``date``
-  kept as metadata (cell columns; the classifier's confound check reads them);
+  kept as metadata (cell columns; the classifier's confound check reads them); ``replicate``
+  (a plate or day) and a numeric ``dose`` describe the design: the statistics test at the
+  highest independent level (:mod:`epikit.analysis.design`) and look for a dose trend
+  (:mod:`epikit.analysis.multigroup`); :func:`design_values` gives them typed;
 * a folder of per-channel files and a file-name pattern (``read.pattern``);
 * an OME-Zarr HCS plate with a layout CSV (``read.layout``, see :mod:`epikit.io.plates`).
 
@@ -48,6 +51,8 @@ INPUT_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES + tuple(PLUGINS) + (ZARR_SUFFIX
 #: Relative difference under which two pixel sizes count as the same.
 PIXEL_SIZE_TOLERANCE = 1e-3
 
+#: Manifest columns that describe the experimental design (copied into ``cells.parquet``).
+DESIGN_COLUMNS: tuple[str, ...] = ("replicate", "dose")
 #: Characters a condition or group name may not hold: run-folder paths are built from them.
 _FORBIDDEN_IN_NAMES = ("/", "\\", "\x00")
 
@@ -151,6 +156,7 @@ def _entries_from_manifest(manifest: Path) -> tuple[list[InputEntry], tuple[str,
             check_name("group", group, where)
         extra = {k: (v or "").strip() for k, v in row.items()
                  if k not in {"condition", "group", *path_columns} and k is not None}
+        _check_design(manifest, number, extra)
         entries.append(InputEntry(paths[0], condition, group, extra, paths if per_channel else ()))
     return entries, channel_names_of(per_channel) if per_channel else None
 
@@ -213,6 +219,31 @@ def _check_pixel_sizes(records: list[ImageRecord]) -> None:
             raise InputError(f"{record.path}: pixel size {size or 'unknown'} µm differs from "
                              f"{first.path} ({first_size or 'unknown'} µm); pass --pixel-size to "
                              "set one size for all fields, or run them separately")
+
+
+def _check_design(manifest: Path, number: int, extra: dict[str, str]) -> None:
+    """A manifest row's ``replicate`` must be non-empty and its ``dose`` a finite number >= 0."""
+    for column in DESIGN_COLUMNS:
+        if column in extra and not extra[column]:
+            raise InputError(f"{manifest}: line {number} has an empty {column}; give every row one")
+    if "dose" in extra:
+        try:
+            dose = float(extra["dose"])
+        except ValueError:
+            dose = float("nan")
+        if not math.isfinite(dose) or dose < 0:
+            raise InputError(f"{manifest}: line {number} has dose {extra['dose']!r}; "
+                             "give a number >= 0 (e.g. 0, 0.5, 2)")
+
+
+def design_values(record: ImageRecord) -> dict[str, str | float]:
+    """The design columns a record's manifest row gave: ``replicate`` (str), ``dose`` (float)."""
+    values: dict[str, str | float] = {}
+    if "replicate" in record.metadata:
+        values["replicate"] = record.metadata["replicate"]
+    if "dose" in record.metadata:
+        values["dose"] = float(record.metadata["dose"])
+    return values
 
 
 def find_images(

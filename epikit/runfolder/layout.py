@@ -3,7 +3,8 @@
 The run-folder contract (``DESIGN.md``, README "The run folder")::
 
     manifest.json  config.toml  masks/  segmentation.csv/.json  cells.parquet  crops.zarr
-    model/  maps.zarr  biomarkers.csv  profiles.parquet  profile_curves.csv  metrics.json  report.html  figures/
+    model/  maps.zarr  biomarkers.csv  condition_tests.csv  mixed_models.csv  profiles.parquet
+    profile_curves.csv  metrics.json  report.html  figures/  power.csv  power.png
     .epikit/       stages.json and the resume scratch of each stage
     demo_input/    the simulated input of a demo run
 """
@@ -28,6 +29,13 @@ BIOMARKERS = "biomarkers.csv"
 PROFILES = "profiles.parquet"
 #: Per-condition radial curves and difference curves with their 95% bands.
 PROFILE_CURVES = "profile_curves.csv"
+#: Tests across three or more conditions and the dose trend (epikit.analysis.multigroup).
+CONDITION_TESTS = "condition_tests.csv"
+#: Linear mixed models per quantity (``-p biomarkers.model=mixed``; epikit.analysis.mixed).
+MIXED_MODELS = "mixed_models.csv"
+#: The power plan of ``epikit power`` (epikit.analysis.power): table and figure.
+POWER_TABLE = "power.csv"
+POWER_FIGURE = "power.png"
 METRICS = "metrics.json"
 REPORT = "report.html"
 FIGURES = "figures"
@@ -46,6 +54,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "extract": (CROPS, CELLS, (SCRATCH_DIR / "extract").as_posix()),
     "train": (MODEL, (SCRATCH_DIR / "train").as_posix()),
     "explain": (MAPS, (SCRATCH_DIR / "explain").as_posix()),
-    "biomarkers": (BIOMARKERS, PROFILES, PROFILE_CURVES),
+    "biomarkers": (BIOMARKERS, CONDITION_TESTS, MIXED_MODELS, PROFILES, PROFILE_CURVES),
     "report": (REPORT, FIGURES),
 }

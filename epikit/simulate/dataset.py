@@ -4,12 +4,17 @@ Layout of ``OUT`` (written to a temporary sibling and renamed into place when co
 
     images/<condition>/field_000.tif   uint16 (3, Y, X) OME-TIFF, channels Hoechst, CTCF, H3K27ac
     masks/<condition>/field_000.tif    int32 (Y, X) ground-truth labels, 0 = background
-    manifest.csv                       path,condition,group (paths relative to OUT)
+    manifest.csv                       path,condition,group[,replicate][,dose] (paths relative to OUT)
     simulation.json                    every parameter, the effect description, per-field counts
 
-Field ``k`` of a condition is drawn from its own random stream
-``SeedSequence(seed, spawn_key=(crc32(condition), k))``, so it does not depend on how many
-fields or which other conditions are simulated, and the same seed gives byte-identical files.
+With ``replicates > 1`` the files are ``<condition>/rep<r>_field_000.tif`` and the manifest
+gets a ``replicate`` column (``rep1``, ``rep2``, ...); with ``doses`` a numeric ``dose`` column.
+
+Field ``k`` of replicate ``r`` (0-based) of a condition is drawn from its own random stream
+``SeedSequence(seed, spawn_key=(crc32(condition), r * n_fields + k))``, so it does not depend
+on which other conditions are simulated, and the same seed gives byte-identical files. The
+replicate effect of replicate ``r`` of a condition comes from
+``SeedSequence(seed, spawn_key=(crc32(condition), REPLICATE_STREAM, r))``.
 """
 
 from __future__ import annotations
@@ -26,11 +31,43 @@ import numpy as np
 
 from epikit.errors import ConfigError
 from epikit.simulate.effect import describe_effect
-from epikit.simulate.field import CHANNEL_NAMES, CONTROL, SimulatedField, check_effect, simulate_field
+from epikit.simulate.field import CHANNEL_NAMES, CONTROL, SimulatedField, check_effect, check_number, simulate_field
 
 FORMAT_VERSION = 1
 # Parameters of simulate_field that simulate_dataset sets itself.
-_OWN = {"rng", "condition", "control", "size", "n_nuclei", "radius", "effect", "effect_channel", "effect_size"}
+_OWN = {"rng", "condition", "control", "size", "n_nuclei", "radius", "effect", "effect_channel", "effect_size",
+        "ratio_shift"}
+#: Spawn-key slot of the replicate effects (distinct from any field's key).
+REPLICATE_STREAM = 0x5245504C
+
+
+def replicate_shift(seed: int, condition: str, replicate: int, sd: float) -> float:
+    """The log rim/centre-ratio shift of ``replicate`` (0-based) of ``condition``: N(0, sd)."""
+    if sd == 0:
+        return 0.0
+    key = (zlib.crc32(condition.encode("utf-8")), REPLICATE_STREAM, replicate)
+    shift = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key)).normal(0.0, sd)
+    return float(np.clip(shift, -1.0, 1.0))
+
+
+def condition_effects(conditions: tuple[str, ...], control: str, effect_size: float,
+                      doses: tuple[float, ...] | None) -> dict[str, float]:
+    """The planted effect size of each condition: ``effect_size`` outside the control, or,
+    with ``doses`` (one per condition), ``effect_size * dose / max(doses)``."""
+    if doses is None:
+        return {c: 0.0 if c == control else effect_size for c in conditions}
+    doses = tuple(float(d) for d in doses)
+    if len(doses) != len(conditions):
+        raise ConfigError(f"doses {doses!r} must give one dose per condition ({', '.join(conditions)})")
+    if any(not np.isfinite(d) or d < 0 for d in doses) or max(doses) == 0:
+        raise ConfigError(f"doses {doses!r} must be finite, >= 0 and not all 0")
+    return {c: effect_size * d / max(doses) for c, d in zip(conditions, doses)}
+
+
+def dose_conditions(doses: tuple[float, ...]) -> tuple[str, ...]:
+    """Condition names for a dose series: ``ctrl`` for dose 0, else ``dose<d>`` (``.`` as ``p``)."""
+    return tuple(CONTROL if float(d) == 0 else "dose" + f"{float(d):g}".replace(".", "p").replace("-", "m")
+                 for d in doses)
 
 
 def field_rng(seed: int, condition: str, index: int) -> np.random.Generator:
@@ -89,12 +126,22 @@ def simulate_dataset(
     effect_size: float = 0.5,
     seed: int = 0,
     fields_per_group: int = 1,
+    doses: tuple[float, ...] | None = None,
+    replicates: int = 1,
+    replicate_sd: float = 0.0,
     overwrite: bool = False,
     **field_params: Any,
 ) -> Path:
-    """Simulate ``n_fields`` fields per condition and write them under ``out``; returns ``out``.
+    """Simulate ``n_fields`` fields per condition and replicate and write them under ``out``; returns ``out``.
 
-    The effect (see :mod:`epikit.simulate`) is planted in every condition except ``control``.
+    The effect (see :mod:`epikit.simulate`) is planted in every condition except ``control``;
+    with ``doses`` (one number per condition) its size is ``effect_size * dose / max(doses)``
+    (a dose of 0 plants nothing) and the manifest gets a ``dose`` column. ``replicates`` (e.g.
+    plates or days) each hold ``n_fields`` fields of every condition; each replicate of each
+    condition gets its own random shift of the effect channel's rim/centre ratio, a factor
+    ``exp(N(0, replicate_sd))`` on every nucleus of that replicate (a replicate effect that
+    field-level statistics mistake for a treatment effect), and the manifest gets a
+    ``replicate`` column.
     ``group`` in the manifest is the field (``<condition>/field_###``) unless
     ``fields_per_group > 1``, which puts consecutive fields into wells
     (``<condition>/well_##``) for grouped splits. Further keyword arguments go to
@@ -109,6 +156,10 @@ def simulate_dataset(
     conditions = tuple(conditions)
     _check_fields(n_fields, conditions, control, fields_per_group)
     effect_size = check_effect(effect, effect_channel, effect_size)
+    sizes = condition_effects(conditions, control, effect_size, doses)
+    if int(replicates) != replicates or not 1 <= replicates <= 100:
+        raise ConfigError(f"replicates = {replicates!r} must be a whole number from 1 to 100")
+    replicate_sd = check_number("replicate_sd", replicate_sd, 0.0, 0.5)
     try:
         seed = int(seed)
     except (TypeError, ValueError):
@@ -124,27 +175,35 @@ def simulate_dataset(
         raise ConfigError(f"{out} already exists; choose a new folder or pass overwrite=True (--overwrite)")
 
     settings = dict(size=size, n_nuclei=n_nuclei, radius=radius, effect=effect,
-                    effect_channel=effect_channel, effect_size=effect_size, control=control, **field_params)
-    rows: list[tuple[str, str, str]] = []
+                    effect_channel=effect_channel, control=control, **field_params)
+    header = ["path", "condition", "group"] + ["replicate"] * (replicates > 1) + ["dose"] * (doses is not None)
+    rows: list[list[str]] = []
     fields: list[dict[str, Any]] = []
     with atomic_path(out) as tmp:
-        for condition in conditions:
+        for c, condition in enumerate(conditions):
             for folder in ("images", "masks"):
                 (tmp / folder / condition).mkdir(parents=True)
-            for index in range(n_fields):
-                simulated = simulate_field(field_rng(seed, condition, index), condition=condition, **settings)
-                name = f"field_{index:03d}.tif"
-                relative = f"images/{condition}/{name}"
-                _write_image(tmp / relative, simulated, f"epikit.simulate/{seed}/{relative}")
-                _write_labels(tmp / "masks" / condition / name, simulated.labels)
-                group = f"{condition}/field_{index:03d}" if fields_per_group == 1 else \
-                    f"{condition}/well_{index // fields_per_group:02d}"
-                rows.append((relative, condition, group))
-                fields.append({"path": relative, "condition": condition, "group": group,
-                               "nuclei": simulated.n_nuclei, "affected": simulated.affected, **simulated.params})
+            for replicate in range(replicates):
+                shift = replicate_shift(seed, condition, replicate, replicate_sd)
+                prefix = f"rep{replicate + 1}_" if replicates > 1 else ""
+                for index in range(n_fields):
+                    simulated = simulate_field(field_rng(seed, condition, replicate * n_fields + index),
+                                               condition=condition, effect_size=sizes[condition],
+                                               ratio_shift=shift, **settings)
+                    name = f"{prefix}field_{index:03d}.tif"
+                    relative = f"images/{condition}/{name}"
+                    _write_image(tmp / relative, simulated, f"epikit.simulate/{seed}/{relative}")
+                    _write_labels(tmp / "masks" / condition / name, simulated.labels)
+                    group = f"{condition}/{prefix}field_{index:03d}" if fields_per_group == 1 else \
+                        f"{condition}/{prefix}well_{index // fields_per_group:02d}"
+                    row = [relative, condition, group] + [f"rep{replicate + 1}"] * (replicates > 1)
+                    rows.append(row if doses is None else row + [f"{float(doses[c]):g}"])
+                    fields.append({**dict(zip(header, row)), "effect_size": sizes[condition],
+                                   "nuclei": simulated.n_nuclei, "affected": simulated.affected,
+                                   **simulated.params})
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(("path", "condition", "group"))
+        writer.writerow(header)
         writer.writerows(rows)
         (tmp / "manifest.csv").write_text(buffer.getvalue(), encoding="utf-8")
         write_json(tmp / "simulation.json", {
@@ -155,9 +214,13 @@ def simulate_dataset(
             "n_fields": n_fields,
             "conditions": list(conditions),
             "fields_per_group": fields_per_group,
+            "replicates": replicates,
+            "replicate_sd": replicate_sd,
+            "doses": None if doses is None else [float(d) for d in doses],
+            "effect_sizes": sizes,
             "channel_names": list(field_params.get("channels", CHANNEL_NAMES)),
             "parameters": {**{name: p.default for name, p in signature.items() if name not in ("rng", "condition")},
-                           **settings},
+                           **settings, "effect_size": effect_size},
             "effect": {
                 "type": effect,
                 "channel": effect_channel,

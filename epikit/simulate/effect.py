@@ -10,6 +10,10 @@ see :mod:`epikit.simulate.shapes`). ``u = rho**2`` is uniform over the nucleus a
 with ``h_centre`` and ``h_rim`` chosen so that the mean of ``w`` over the nucleus is 1 (the
 nucleus keeps its total signal) and ``mean(w | rim) / mean(w | centre) = 1 + effect_size``
 for ``periphery`` (the reverse, ``1 / (1 + effect_size)``, for ``interior``).
+
+A *ratio shift* multiplies that rim/centre ratio further, in every condition alike: the
+simulator's replicate effect (:func:`epikit.simulate.simulate_dataset` with
+``replicate_sd``) gives each replicate of a condition its own shift ``exp(N(0, sd))``.
 """
 
 from __future__ import annotations
@@ -30,23 +34,32 @@ def _rim_excess() -> float:
     return mean_rim - 0.5
 
 
-def effect_levels(effect: str, effect_size: float) -> tuple[float, float]:
+def effect_ratio(effect: str, effect_size: float, shift: float = 0.0) -> float:
+    """The rim/centre ratio of the weight: the planted effect's times ``exp(shift)``."""
+    if effect == "none" or effect_size == 0:
+        ratio = 1.0
+    else:
+        ratio = 1.0 + effect_size if effect == "periphery" else 1.0 / (1.0 + effect_size)
+    return ratio * math.exp(shift)
+
+
+def effect_levels(effect: str, effect_size: float, shift: float = 0.0) -> tuple[float, float]:
     """``(h_centre, h_rim)``: the weight's asymptotes in the centre and at the rim.
 
-    ``none`` (or a size of 0) gives ``(1, 1)``, i.e. no change.
+    ``none`` (or a size of 0) with no ``shift`` gives ``(1, 1)``, i.e. no change.
     """
-    if effect == "none" or effect_size == 0:
+    ratio = effect_ratio(effect, effect_size, shift)
+    if ratio == 1.0:
         return 1.0, 1.0
-    ratio = 1.0 + effect_size if effect == "periphery" else 1.0 / (1.0 + effect_size)
     # mean(w|rim)/mean(w|centre) = (1 + d k) / (1 - d k) with k = rim excess, d = h_rim - h_centre;
     # the nucleus mean (h_rim + h_centre) / 2 stays 1.
     delta = (ratio - 1.0) / ((ratio + 1.0) * _rim_excess())
     return 1.0 - delta / 2, 1.0 + delta / 2
 
 
-def effect_weight(rho: np.ndarray, effect: str, effect_size: float) -> np.ndarray:
+def effect_weight(rho: np.ndarray, effect: str, effect_size: float, shift: float = 0.0) -> np.ndarray:
     """The multiplicative weight ``w`` at normalised radii ``rho`` (float32, same shape)."""
-    h_centre, h_rim = effect_levels(effect, effect_size)
+    h_centre, h_rim = effect_levels(effect, effect_size, shift)
     if h_centre == h_rim:
         return np.ones_like(rho, dtype=np.float32)
     u = np.square(rho, dtype=np.float32)

@@ -322,6 +322,7 @@ def simulate_field(
     effect: str = "periphery",
     effect_channel: str = "H3K27ac",
     effect_size: float = 0.5,
+    ratio_shift: float = 0.0,
     aspect: float | tuple[float, float] = (1.0, 1.6),
     irregularity: float = 0.05,
     clump: float = 0.3,
@@ -354,6 +355,8 @@ def simulate_field(
     The planted effect applies when ``condition != control``: ``effect`` ("periphery",
     "interior" or "none") changes the rim/centre ratio of ``effect_channel`` by
     ``1 + effect_size`` at constant total signal (see :mod:`epikit.simulate.effect`).
+    ``ratio_shift`` multiplies that channel's rim/centre ratio by ``exp(ratio_shift)`` in every
+    condition (a batch effect: the replicate effect of :func:`epikit.simulate.simulate_dataset`).
 
     Photometry: log-normal brightness spread per nucleus (``nucleus_brightness_sd``), per field
     (``field_brightness_sd``; large values make strong per-field brightness differences) and per
@@ -392,6 +395,7 @@ def simulate_field(
     rim = check_number("rim", rim, 0.0, 5.0)
     texture = check_number("texture", texture, 0.0, 5.0)
     haze = check_number("haze", haze, 0.0, 2.0)
+    ratio_shift = check_number("ratio_shift", ratio_shift, -1.0, 1.0)
     channels = check_channels(channels)
     affected = condition != control and effect != "none" and effect_size > 0
 
@@ -405,8 +409,9 @@ def simulate_field(
     # 2. Noise-free signal per channel (relative units; Hoechst plateau ~ 1).
     nucleus_sd, field_sd, channel_sd = spreads
     signal, per_channel = _nuclear_signal(rng, nuclei, owner, rho, channels, nucleus_sd, dome, rim, texture)
-    if affected and effect_channel in channels:
-        signal[channels.index(effect_channel)] *= effect_weight(rho, effect, effect_size)
+    if (affected or ratio_shift) and effect_channel in channels:
+        signal[channels.index(effect_channel)] *= effect_weight(
+            rho, effect if affected else "none", effect_size, ratio_shift)
 
     # 3. Optics, photometry and camera.
     if psf_sigma > 0:
@@ -447,5 +452,6 @@ def simulate_field(
             "photons": photons,
             "background": background,
             "illumination": illumination,
+            "ratio_shift": ratio_shift,
         },
     )

@@ -168,16 +168,21 @@ def _biomarker_table(run: RunFolder) -> Markup:
     if frame.empty:
         return note("biomarkers.csv has no rows.")
     alpha = (run.metrics.get("biomarkers") or {}).get("alpha", SIGNIFICANCE)
-    units = frame["unit"].astype(str) if "unit" in frame else None
-    image_rows = frame if units is None else frame[units == "image"]
-    cell_rows = frame.iloc[0:0] if units is None else frame[units != "image"]
-    parts = [paragraph(f"{len(image_rows)} image-level rows (the field is the unit), sorted by q-value; "
+    if "role" in frame:
+        primary = frame["role"].astype(str) == "design"
+    else:
+        primary = frame["unit"].astype(str) == "image" if "unit" in frame else np.ones(len(frame), bool)
+    image_rows, cell_rows = frame[primary], frame[~primary]
+    unit = str(image_rows["unit"].iloc[0]) if "unit" in frame and len(image_rows) else "image"
+    parts = [paragraph(f"{len(image_rows)} {unit}-level rows (the {unit} is the independent unit of this "
+                       f"design), sorted by q-value; "
                        f"{int((image_rows.get('q_value', np.array([])) < alpha).sum())} with q < {alpha} "
                        "(highlighted). q-values: Benjamini-Hochberg within each unit.")]
     parts += _rows_table(image_rows, alpha)
     if len(cell_rows):
-        parts.append(element("details", element("summary", f"{len(cell_rows)} cell-level rows (for comparison "
-                                                "only: cells of one field are not independent)"),
+        lower = ", ".join(sorted(set(cell_rows["unit"].astype(str)))) if "unit" in cell_rows else "lower"
+        parts.append(element("details", element("summary", f"{len(cell_rows)} {lower}-level rows (for comparison "
+                                                f"only: units below the {unit} are not independent)"),
                              *_rows_table(cell_rows, alpha)))
     return join(parts)
 
@@ -210,6 +215,11 @@ def biomarkers_section(report: ReportContext) -> Markup:
         facts = {k: summary[k] for k in ("reference", "target", "alpha", "image_test", "shell_method", "n_shells",
                                           "n_significant_image_level", "n_significant_cell_level",
                                           "n_target_driven") if k in summary}
+        design = summary.get("design")
+        if isinstance(design, Mapping):
+            facts.update({"design unit": design.get("unit"), "why": design.get("reason"),
+                          "test at the unit": design.get("test"),
+                          "units per condition": design.get("units_per_condition", {}).get(design.get("unit"))})
         body.append(mapping_table(facts, "biomarker analysis", "value"))
     body += [element("h3", "Findings"), *_findings(run)]
     body += [element("h3", "Channel attribution"), *_attribution(report)]
