@@ -61,7 +61,7 @@ def test_plate_run_has_units_plate_columns_and_well_groups(tmp_path, fields):
     manifest = run_pipeline(settings(plate, layout=str(layout)), run, progress=False, stop_after="extract")
     cells = pd.read_parquet(run / "cells.parquet")
     assert set(cells["well"]) == {"A01", "A02", "B01", "B02"} and set(cells["plate"]) == {"screen"}
-    assert set(cells["field"]) == {"0", "1"} and set(cells["dose"]) == {"0", "1.5"}
+    assert set(cells["field"]) == {"0", "1"} and set(cells["dose"]) == {0.0, 1.5}  # typed
     assert set(cells["group"]) == {"screen/A01", "screen/A02", "screen/B01", "screen/B02"}
     assert (cells["pixel_size_um"] == 0.25).all()
     np.testing.assert_allclose(cells["area_um2"], cells["area"] * 0.0625)

@@ -23,6 +23,7 @@ MANIFEST = Path(epikit_napari.__file__).with_name("napari.yaml")
 
 @pytest.fixture(scope="module", params=["none", "major-axis"])
 def run_with_maps(request, tmp_path_factory) -> Path:
+    from epikit.runfolder.crops import crops_fingerprint
     from epikit.runfolder.reader import RunFolder
     from epikit.simulate import simulate_dataset
 
@@ -44,7 +45,7 @@ def run_with_maps(request, tmp_path_factory) -> Path:
                       {"view": view, "views": ["mask", "hoechst"], "method": view,
                        "cell_ids": cells["cell_id"].tolist()})
              for view, maps in (("mask", masks), ("hoechst", hoechst / max(hoechst.max(), 1e-6)))]
-    write_maps(run / "maps.zarr", views, {})
+    write_maps(run / "maps.zarr", views, {"crops_fingerprint": crops_fingerprint(run)})
     return run
 
 

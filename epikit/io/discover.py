@@ -53,20 +53,27 @@ PIXEL_SIZE_TOLERANCE = 1e-3
 
 #: Manifest columns that describe the experimental design (copied into ``cells.parquet``).
 DESIGN_COLUMNS: tuple[str, ...] = ("replicate", "dose")
-#: Characters a condition or group name may not hold: run-folder paths are built from them.
+#: Characters a condition name may not hold: run-folder paths are built from it.
 _FORBIDDEN_IN_NAMES = ("/", "\\", "\x00")
 
 
 def check_name(kind: str, name: str, where: str) -> str:
     """``name`` unchanged when it is a usable condition or group name, else a one-line :class:`InputError`.
 
-    Masks and average maps are stored under the condition's name, so a name must be one path
-    component: no ``/`` or ``\\``, not ``.`` or ``..``, no surrounding spaces. ``where`` names
+    Masks and average maps are stored under the condition's name, so a condition must be one
+    path component: no ``/`` or ``\\``, not ``.`` or ``..``, no surrounding spaces. A group is
+    never part of a path and may name a hierarchy (``plate1/A01``; the default group is the
+    image id ``<condition>/<stem>``, which is a path below ``masks/``), but none of the
+    ``/``-separated parts of a group or image id may be empty, ``.`` or ``..``. ``where`` names
     the file (and manifest line) in the error.
     """
-    if (not name or name in (".", "..") or name != name.strip()
-            or any(c in name for c in _FORBIDDEN_IN_NAMES)):
-        raise InputError(f"{where}: {kind} {name!r} is not a usable name (no '/', '\\', '.' or '..'); "
+    nested = kind in ("group", "image id")
+    parts = name.split("/") if nested else [name]
+    forbidden = ("\\", "\x00") if nested else _FORBIDDEN_IN_NAMES
+    if (not name or name != name.strip() or any(p in ("", ".", "..") for p in parts)
+            or any(c in name for c in forbidden)):
+        rule = "parts separated by '/', none '.' or '..'" if nested else "no '/', '\\', '.' or '..'"
+        raise InputError(f"{where}: {kind} {name!r} is not a usable name ({rule}); "
                          f"rename it, e.g. {_suggest(name, kind)!r}")
     return name
 
@@ -334,5 +341,5 @@ def discover_images(
 
 def mask_path(masks_dir: str | os.PathLike[str], record: ImageRecord) -> Path:
     """Where the label image of ``record`` lives: ``masks_dir/<image id>.tif`` (``<condition>/<name>.tif``)."""
-    check_name("condition", record.condition, str(record.path))
+    check_name("image id", record.image_id, str(record.path))
     return Path(masks_dir) / f"{record.image_id}.tif"
