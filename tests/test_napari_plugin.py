@@ -43,9 +43,9 @@ def run_with_maps(request, tmp_path_factory) -> Path:
     views = [ViewMaps(view, maps, np.arange(len(cells)), cells["crop_index"].to_numpy(),
                       np.zeros(len(cells), np.int64), np.zeros(len(cells), np.int64),
                       {"view": view, "views": ["mask", "hoechst"], "method": view,
-                       "cell_ids": cells["cell_id"].tolist()})
+                       "cell_ids": cells["cell_id"].tolist(), "crops_fingerprint": crops_fingerprint(run)})
              for view, maps in (("mask", masks), ("hoechst", hoechst / max(hoechst.max(), 1e-6)))]
-    write_maps(run / "maps.zarr", views, {"crops_fingerprint": crops_fingerprint(run)})
+    write_maps(run / "maps.zarr", views, {})
     return run
 
 
