@@ -52,9 +52,8 @@ def test_a_planted_effect_gives_a_map_finding_with_its_target_swap_control(plant
     for finding in found:
         assert "gradcam evidence for vpa (all view)" in finding["text"] and finding["target"] == "vpa"
     shells = [f for f in found if f["region"].startswith("shell") or f["region"] == "rim_vs_centre"]
-    assert shells
+    assert any("lies nearer the" in f["text"] for f in shells)  # a rim or centre localisation
     for finding in shells:
-        assert "gradcam evidence for vpa (all view) lies nearer the" in finding["text"]
         assert "in vpa than in ctrl nuclei" in finding["text"] and finding["target"] == "vpa"
         control = finding["target_swap"]
         assert control["computed"] and 0.8 * len(stored.cell_ids) <= control["n_cells"] <= len(stored.cell_ids)

@@ -245,11 +245,13 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
 
     Few images make q and Cliff's delta tie often (the smallest attainable p, complete
     separation); Hedges' g, scale-free unlike ``effect``, then ranks the clearer separation first.
+    At most ``limit`` findings per source, so strong intensity rows never hide the map findings.
     """
     rows = table[(table["unit"] == unit) & (table["q_value"] < alpha)].copy()
     rows["_delta"] = -rows["cliffs_delta"].abs()
     rows["_g"] = -rows["hedges_g"].abs().fillna(0.0)
-    rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort").head(limit)
+    rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort")
+    rows = rows[rows.groupby("source", sort=False).cumcount() < limit]
     found = []
     for rank, (_, row) in enumerate(rows.iterrows(), start=1):
         found.append({
