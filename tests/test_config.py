@@ -82,3 +82,10 @@ def test_run_trains_with_the_training_loops_own_defaults():
 
     train, options = default_config()["train"], TrainingOptions()
     assert (train["epochs"], train["batch_size"], train["lr"]) == (options.epochs, options.batch_size, options.lr)
+
+
+def test_p_none_is_the_option_value_none_and_null_is_no_value() -> None:
+    from epikit.cli import parse_params
+
+    params = parse_params(["demo.effect=none", "extract.align=None", "train.min_epochs=null"])
+    assert params == {"demo.effect": "none", "extract.align": "None", "train.min_epochs": None}

@@ -46,11 +46,15 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
 
 
 def parse_value(text: str) -> Any:
-    """Turn a ``-p`` value into int, float, bool, None, a JSON list/dict, or keep the string."""
+    """Turn a ``-p`` value into int, float, bool, None (``null``), a JSON list/dict, or keep the string.
+
+    ``none`` stays a string: it is a value of several options (``demo.effect=none``,
+    ``extract.align=none``, ``extract.normalise=none``); write ``null`` for "no value".
+    """
     lowered = text.strip().lower()
     if lowered in {"true", "false"}:
         return lowered == "true"
-    if lowered in {"none", "null"}:
+    if lowered == "null":
         return None
     try:
         return json.loads(text)
