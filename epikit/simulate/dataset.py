@@ -27,6 +27,7 @@ import numpy as np
 from epikit.errors import ConfigError
 from epikit.simulate.effect import describe_effect
 from epikit.simulate.field import CHANNEL_NAMES, CONTROL, SimulatedField, check_effect, simulate_field
+from epikit.simulate.presets import preset_params
 
 FORMAT_VERSION = 1
 # Parameters of simulate_field that simulate_dataset sets itself.
@@ -81,15 +82,16 @@ def simulate_dataset(
     n_fields: int = 8,
     conditions: tuple[str, ...] = (CONTROL, "vpa"),
     control: str = CONTROL,
-    size: int | tuple[int, int] = (512, 512),
-    n_nuclei: int | tuple[int, int] = (10, 25),
-    radius: float | tuple[float, float] = (14.0, 26.0),
+    size: int | tuple[int, int] | None = None,
+    n_nuclei: int | tuple[int, int] | None = None,
+    radius: float | tuple[float, float] | None = None,
     effect: str = "periphery",
     effect_channel: str = "H3K27ac",
     effect_size: float = 0.5,
     seed: int = 0,
     fields_per_group: int = 1,
     overwrite: bool = False,
+    preset: str | None = None,
     **field_params: Any,
 ) -> Path:
     """Simulate ``n_fields`` fields per condition and write them under ``out``; returns ``out``.
@@ -99,8 +101,11 @@ def simulate_dataset(
     ``fields_per_group > 1``, which puts consecutive fields into wells
     (``<condition>/well_##``) for grouped splits. Further keyword arguments go to
     :func:`epikit.simulate.simulate_field` (e.g. ``field_brightness_sd=0.8`` for strong
-    per-field brightness differences, ``mitotic_fraction=0.05``). ``out`` must not exist
-    unless ``overwrite`` is true; it is written completely or not at all.
+    per-field brightness differences, ``mitotic_fraction=0.05``). ``preset`` (see
+    :mod:`epikit.simulate.presets`, e.g. ``"sora"`` for the study's 2048 x 2048 fields) sets
+    every parameter the call leaves out; ``size``, ``n_nuclei`` and ``radius`` left at None
+    take the preset's values (without a preset: 512 x 512, 10-25 nuclei, radius 14-26 px).
+    ``out`` must not exist unless ``overwrite`` is true; it is written completely or not at all.
     """
     from epikit.io.store import atomic_path, write_json
     from epikit.plugins import epikit_version
@@ -115,6 +120,10 @@ def simulate_dataset(
         raise ConfigError(f"seed {seed!r} must be an integer") from None
     if seed < 0:
         raise ConfigError(f"seed {seed} must be >= 0")
+    given = {"size": size, "n_nuclei": n_nuclei, "radius": radius, **field_params}
+    chosen = {**preset_params(preset), **{k: v for k, v in given.items() if v is not None}}
+    size, n_nuclei, radius = chosen.pop("size"), chosen.pop("n_nuclei"), chosen.pop("radius")
+    field_params = chosen
     signature = inspect.signature(simulate_field).parameters
     allowed = set(signature) - _OWN
     unknown = sorted(set(field_params) - allowed)
@@ -152,6 +161,7 @@ def simulate_dataset(
             "generator": "epikit.simulate.simulate_dataset",
             "epikit_version": epikit_version(),
             "seed": seed,
+            "preset": preset or "default",
             "n_fields": n_fields,
             "conditions": list(conditions),
             "fields_per_group": fields_per_group,
