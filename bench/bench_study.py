@@ -83,8 +83,8 @@ def child(stage: str, args: argparse.Namespace, profile: Path | None) -> dict:
                *[item for p in args.param for item in ("-p", p)]]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    output = process.stdout.read() if process.stdout else ""
+    output = process.stdout.read() if process.stdout else ""  # to EOF: the child is ending
+    _, status, usage = os.wait4(process.pid, 0)  # reaps it, with its own resource usage
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"stage {stage} failed (exit {process.returncode})")
