@@ -80,6 +80,14 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
     assert all(first[k] != other[k] for k in images)
 
 
+def test_fields_simulated_in_parallel_processes_are_byte_identical(tmp_path):
+    serial = digests(simulate_dataset(tmp_path / "serial", n_fields=3, seed=4, **SMALL))
+    parallel = digests(simulate_dataset(tmp_path / "parallel", n_fields=3, seed=4, workers=2, **SMALL))
+    assert serial == parallel and len(serial) == 2 * 2 * 3 + 2
+    with pytest.raises(ConfigError, match="workers"):
+        simulate_dataset(tmp_path / "bad", n_fields=1, workers=0, **SMALL)
+
+
 def test_a_field_does_not_depend_on_how_many_fields_come_before(tmp_path):
     few = digests(simulate_dataset(tmp_path / "few", n_fields=1, seed=3, **SMALL))
     many = digests(simulate_dataset(tmp_path / "many", n_fields=3, seed=3, **SMALL))
@@ -304,6 +312,7 @@ def test_cli_writes_a_dataset(tmp_path):
     ["--fields", "0"],
     ["--size", "12"],
     ["-p", "bogus=1"],
+    ["--preset", "sorra"],
 ])
 def test_cli_rejects_bad_values_with_one_line(tmp_path, args):
     from typer.testing import CliRunner

@@ -57,6 +57,8 @@ def simulate_command(
     fields_per_group: int = typer.Option(1, "--fields-per-group",
                                          help="Group consecutive fields into wells of this many fields."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    workers: int = typer.Option(1, "--workers", help="Processes simulating fields in parallel "
+                                                     "(the files are the same for any number)."),
     param: list[str] = typer.Option(None, "--param", "-p",
                                     help="Further simulate_field parameter as key=value (repeatable), "
                                          "e.g. -p field_brightness_sd=0.8 -p mitotic_fraction=0.05."),
@@ -86,6 +88,7 @@ def simulate_command(
         seed=seed,
         fields_per_group=fields_per_group,
         overwrite=overwrite,
+        workers=workers,
         **extra,
     )
     typer.echo(f"wrote {fields} {preset} field(s) x {len(names)} condition(s) to {path} "

@@ -19,6 +19,9 @@ import inspect
 import io
 import uuid
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,32 @@ def _check_fields(n_fields: int, conditions: tuple[str, ...], control: str, fiel
         raise ConfigError(f"fields_per_group = {fields_per_group!r} must be a whole number >= 1")
 
 
+@dataclass(frozen=True)
+class _FieldJob:
+    """One field to simulate and write into the dataset folder being built (``root``)."""
+
+    root: Path
+    seed: int
+    condition: str
+    index: int
+    fields_per_group: int
+    settings: dict[str, Any]
+
+
+def _write_field(job: _FieldJob) -> dict[str, Any]:
+    """Simulate one field, write its image and labels; return its ``simulation.json`` entry."""
+    simulated = simulate_field(field_rng(job.seed, job.condition, job.index), condition=job.condition,
+                               **job.settings)
+    name = f"field_{job.index:03d}.tif"
+    relative = f"images/{job.condition}/{name}"
+    _write_image(job.root / relative, simulated, f"epikit.simulate/{job.seed}/{relative}")
+    _write_labels(job.root / "masks" / job.condition / name, simulated.labels)
+    group = f"{job.condition}/field_{job.index:03d}" if job.fields_per_group == 1 else \
+        f"{job.condition}/well_{job.index // job.fields_per_group:02d}"
+    return {"path": relative, "condition": job.condition, "group": group,
+            "nuclei": simulated.n_nuclei, "affected": simulated.affected, **simulated.params}
+
+
 def simulate_dataset(
     out: str | Path,
     *,
@@ -92,6 +121,7 @@ def simulate_dataset(
     fields_per_group: int = 1,
     overwrite: bool = False,
     preset: str | None = None,
+    workers: int = 1,
     **field_params: Any,
 ) -> Path:
     """Simulate ``n_fields`` fields per condition and write them under ``out``; returns ``out``.
@@ -105,7 +135,9 @@ def simulate_dataset(
     :mod:`epikit.simulate.presets`, e.g. ``"sora"`` for the study's 2048 x 2048 fields) sets
     every parameter the call leaves out; ``size``, ``n_nuclei`` and ``radius`` left at None
     take the preset's values (without a preset: 512 x 512, 10-25 nuclei, radius 14-26 px).
-    ``out`` must not exist unless ``overwrite`` is true; it is written completely or not at all.
+    ``workers > 1`` simulates fields in that many processes (the files do not change: each
+    field has its own random stream). ``out`` must not exist unless ``overwrite`` is true; it
+    is written completely or not at all.
     """
     from epikit.io.store import atomic_path, write_json
     from epikit.plugins import epikit_version
@@ -120,6 +152,8 @@ def simulate_dataset(
         raise ConfigError(f"seed {seed!r} must be an integer") from None
     if seed < 0:
         raise ConfigError(f"seed {seed} must be >= 0")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers = {workers!r} must be a whole number >= 1 (processes)")
     given = {"size": size, "n_nuclei": n_nuclei, "radius": radius, **field_params}
     chosen = {**preset_params(preset), **{k: v for k, v in given.items() if v is not None}}
     size, n_nuclei, radius = chosen.pop("size"), chosen.pop("n_nuclei"), chosen.pop("radius")
@@ -134,23 +168,18 @@ def simulate_dataset(
 
     settings = dict(size=size, n_nuclei=n_nuclei, radius=radius, effect=effect,
                     effect_channel=effect_channel, effect_size=effect_size, control=control, **field_params)
-    rows: list[tuple[str, str, str]] = []
-    fields: list[dict[str, Any]] = []
     with atomic_path(out) as tmp:
         for condition in conditions:
             for folder in ("images", "masks"):
                 (tmp / folder / condition).mkdir(parents=True)
-            for index in range(n_fields):
-                simulated = simulate_field(field_rng(seed, condition, index), condition=condition, **settings)
-                name = f"field_{index:03d}.tif"
-                relative = f"images/{condition}/{name}"
-                _write_image(tmp / relative, simulated, f"epikit.simulate/{seed}/{relative}")
-                _write_labels(tmp / "masks" / condition / name, simulated.labels)
-                group = f"{condition}/field_{index:03d}" if fields_per_group == 1 else \
-                    f"{condition}/well_{index // fields_per_group:02d}"
-                rows.append((relative, condition, group))
-                fields.append({"path": relative, "condition": condition, "group": group,
-                               "nuclei": simulated.n_nuclei, "affected": simulated.affected, **simulated.params})
+        jobs = [_FieldJob(tmp, seed, condition, index, fields_per_group, settings)
+                for condition in conditions for index in range(n_fields)]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+                done = list(pool.map(_write_field, jobs))
+        else:
+            done = [_write_field(job) for job in jobs]
+        rows = [(field["path"], field["condition"], field["group"]) for field in done]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(("path", "condition", "group"))
@@ -176,6 +205,6 @@ def simulate_dataset(
                 "description": describe_effect(effect, effect_channel, effect_size, control),
             },
             "masks": "masks/<condition>/<stem>.tif: int32 ground-truth labels of the blurred nuclei",
-            "fields": fields,
+            "fields": done,
         })
     return out
