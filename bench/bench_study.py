@@ -17,9 +17,9 @@ Usage::
     python bench/bench_study.py --fields 200 --workdir /data/study    # the study: 400 fields
     nice python bench/bench_study.py --fields 10 --workdir /tmp/study10 --json study10.json
 
-The input is simulated once per ``--workdir`` (kept between runs, seed 20261208); the run
-folder ``WORKDIR/run`` is made afresh each time (``--keep-run`` reuses it, so only unfinished
-stages run). ``-p stage.key=value`` changes an option as in ``epikit run``.
+The input is simulated once per ``--workdir`` (kept between runs, seed 20261208, one process
+per core); the run folder ``WORKDIR/run`` is made afresh each time (``--keep-run`` reuses
+it, so only unfinished stages run). ``-p stage.key=value`` changes an option as in ``epikit run``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def simulate_input(workdir: Path, fields: int) -> tuple[Path, float]:
     data = workdir / "input"
     started = time.perf_counter()
     if not (data / "simulation.json").is_file():
-        simulate_dataset(data, n_fields=fields, preset="sora", seed=SEED, overwrite=True)
+        simulate_dataset(data, n_fields=fields, preset="sora", seed=SEED, overwrite=True,
+                         workers=os.cpu_count() or 1)
     info = json.loads((data / "simulation.json").read_text())
     if info["n_fields"] != fields or info.get("preset") != "sora":
         raise SystemExit(f"{data} holds {info['n_fields']} {info.get('preset')} fields per condition, "
