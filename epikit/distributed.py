@@ -63,11 +63,15 @@ CONNECT_TIMEOUT = 30
 #: Tasks submitted ahead of the results consumed: per worker thread, and at least.
 TASKS_PER_WORKER = 4
 MIN_WINDOW = 8
-#: Allocator settings of local workers. Dask's default (return freed memory to the OS from
-#: 64 KiB, which also fixes glibc's mmap threshold at 128 KiB) made every image-sized array a
-#: fresh mmap: 3x the page faults and ~30% more CPU than the same work in-process (measured).
-#: These restore roughly the behaviour of an ordinary Python process.
-LOCAL_WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 256 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+#: Environment of local worker processes (set before they start). Allocator: Dask's default
+#: (return freed memory to the OS from 64 KiB, which also fixes glibc's mmap threshold at
+#: 128 KiB) made every image-sized array a fresh mmap: 3x the page faults and ~30% more CPU
+#: than the same work in-process (measured); these restore roughly the behaviour of an
+#: ordinary Python process. Threads: one per worker process for OpenMP (torch sizes its pool
+#: from ``OMP_NUM_THREADS`` when imported), MKL and OpenBLAS, so N workers use N cores
+#: (Dask's defaults say the same; stated here so that a site configuration cannot undo it).
+LOCAL_WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 256 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+                        "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 #: Worker-side objects kept per process by :func:`process_cache` (models, datasets).
 CACHE_SIZE = 8
 

@@ -322,3 +322,13 @@ def test_executor_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(PluginError, match=r"pip install 'epikit\[dask\]'"):
         get_executor(workers=1)
+
+
+def test_local_workers_compute_single_threaded() -> None:
+    def threads() -> tuple[int, str, str]:
+        import torch
+
+        return torch.get_num_threads(), os.environ["OMP_NUM_THREADS"], os.environ["MALLOC_MMAP_THRESHOLD_"]
+
+    with get_executor(workers=1) as executor:
+        assert list(executor.client.run(threads).values()) == [(1, "1", str(32 * 2**20))]

@@ -80,6 +80,14 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
     assert all(first[k] != other[k] for k in images)
 
 
+def test_fields_simulated_in_parallel_processes_are_byte_identical(tmp_path):
+    serial = digests(simulate_dataset(tmp_path / "serial", n_fields=3, seed=4, **SMALL))
+    parallel = digests(simulate_dataset(tmp_path / "parallel", n_fields=3, seed=4, workers=2, **SMALL))
+    assert serial == parallel and len(serial) == 2 * 2 * 3 + 2
+    with pytest.raises(ConfigError, match="workers"):
+        simulate_dataset(tmp_path / "bad", n_fields=1, workers=0, **SMALL)
+
+
 def test_a_field_does_not_depend_on_how_many_fields_come_before(tmp_path):
     few = digests(simulate_dataset(tmp_path / "few", n_fields=1, seed=3, **SMALL))
     many = digests(simulate_dataset(tmp_path / "many", n_fields=3, seed=3, **SMALL))
@@ -304,6 +312,7 @@ def test_cli_writes_a_dataset(tmp_path):
     ["--fields", "0"],
     ["--size", "12"],
     ["-p", "bogus=1"],
+    ["--preset", "sorra"],
 ])
 def test_cli_rejects_bad_values_with_one_line(tmp_path, args):
     from typer.testing import CliRunner
@@ -314,3 +323,50 @@ def test_cli_rejects_bad_values_with_one_line(tmp_path, args):
     assert result.exit_code != 0
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+
+def test_sora_preset_writes_study_sized_fields(tmp_path):
+    from skimage.measure import regionprops
+    from typer.testing import CliRunner
+
+    from epikit.cli import app
+
+    out = tmp_path / "sora"
+    result = CliRunner().invoke(app, ["simulate", str(out), "--preset", "sora", "--fields", "1",
+                                      "--conditions", "ctrl", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    image = tifffile.imread(out / "images/ctrl/field_000.tif")
+    labels = tifffile.imread(out / "masks/ctrl/field_000.tif")
+    assert image.shape == (3, 2048, 2048) and image.dtype == np.uint16 and labels.shape == (2048, 2048)
+    assert 4000 < int(image[0].max()) < 65535  # uses the 16-bit range without saturating
+    info = json.loads((out / "simulation.json").read_text())
+    assert info["preset"] == "sora" and info["parameters"]["size"] == [2048, 2048]
+    # Nuclei away from the border: 250-400 px across (blurred ground truth, irregular outlines).
+    inner = [p for p in regionprops(labels) if min(p.bbox[:2]) > 0 and max(p.bbox[2:]) < 2048]
+    assert len(inner) >= 5 and 14 <= labels.max() <= 20
+    diameters = np.array([p.equivalent_diameter_area for p in inner])
+    assert diameters.min() > 235 and diameters.max() < 415, diameters
+
+
+def test_sora_preset_is_deterministic_and_explicit_options_win():
+    from epikit.simulate import preset_params
+    from epikit.simulate.dataset import field_rng
+
+    params = {**preset_params("sora"), "channels": ("Hoechst",)}
+    first = simulate_field(field_rng(5, "vpa", 0), condition="vpa", **params)
+    second = simulate_field(field_rng(5, "vpa", 0), condition="vpa", **params)
+    assert np.array_equal(first.image, second.image) and np.array_equal(first.labels, second.labels)
+    assert first.params["psf_sigma"] == 2.0 and first.params["photons"] == 2000.0
+    with pytest.raises(ConfigError, match="unknown simulation preset 'sorra'.*sora"):
+        preset_params("sorra")
+
+
+def test_dataset_preset_defaults_are_overridden_by_explicit_values(tmp_path):
+    out = simulate_dataset(tmp_path / "sim", n_fields=1, conditions=("ctrl",), preset="sora",
+                           size=(192, 192), radius=(20.0, 24.0), n_nuclei=(2, 3), photons=500.0)
+    info = json.loads((out / "simulation.json").read_text())
+    assert info["parameters"]["size"] == [192, 192] and info["parameters"]["photons"] == 500.0
+    assert info["parameters"]["psf_sigma"] == 2.0 and info["parameters"]["clump"] == 0.1

@@ -46,9 +46,16 @@ def _numbers(option: str, text: str) -> tuple[float, ...]:
 def simulate_command(
     out: Path = typer.Argument(..., help="Folder to create (images/, masks/, manifest.csv, simulation.json)."),
     fields: int = typer.Option(8, "--fields", help="Fields per condition."),
-    size: str = typer.Option("512", "--size", help="Field size in pixels: 512 or YxX, e.g. 512x768."),
-    nuclei: str = typer.Option("10-25", "--nuclei", help="Nuclei per field: a number or a range like 10-25."),
-    radius: str = typer.Option("14-26", "--radius", help="Nucleus radius in pixels: a number or a range like 14-26."),
+    preset: str = typer.Option("default", "--preset",
+                               help="Field geometry and optics: default (512² fields, radius 14-26 px) or "
+                                    "sora (the study's 2048² super-resolution fields, nuclei 250-400 px "
+                                    "across, ~17 per field); the options below override it."),
+    size: str = typer.Option(None, "--size", help="Field size in pixels: 512 or YxX, e.g. 512x768 "
+                                                  "(default: the preset's)."),
+    nuclei: str = typer.Option(None, "--nuclei", help="Nuclei per field: a number or a range like 10-25 "
+                                                      "(default: the preset's)."),
+    radius: str = typer.Option(None, "--radius", help="Nucleus radius in pixels: a number or a range like "
+                                                      "14-26 (default: the preset's)."),
     effect: str = typer.Option("periphery", "--effect", help="Planted effect: periphery, interior or none."),
     effect_channel: str = typer.Option("H3K27ac", "--effect-channel", help="Channel carrying the effect."),
     effect_size: float = typer.Option(0.5, "--effect-size",
@@ -68,6 +75,8 @@ def simulate_command(
     fields_per_group: int = typer.Option(1, "--fields-per-group",
                                          help="Group consecutive fields into wells of this many fields."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    workers: int = typer.Option(1, "--workers", help="Processes simulating fields in parallel "
+                                                     "(the files are the same for any number)."),
     param: list[str] = typer.Option(None, "--param", "-p",
                                     help="Further simulate_field parameter as key=value (repeatable), "
                                          "e.g. -p field_brightness_sd=0.8 -p mitotic_fraction=0.05."),
@@ -93,9 +102,10 @@ def simulate_command(
         n_fields=fields,
         conditions=names,
         control=names[0],
-        size=parse_size(size),
-        n_nuclei=parse_range("--nuclei", nuclei, int),
-        radius=parse_range("--radius", radius),
+        preset=preset,
+        size=parse_size(size) if size is not None else None,
+        n_nuclei=parse_range("--nuclei", nuclei, int) if nuclei is not None else None,
+        radius=parse_range("--radius", radius) if radius is not None else None,
         effect=effect,
         effect_channel=effect_channel,
         effect_size=effect_size,
@@ -105,8 +115,9 @@ def simulate_command(
         replicates=replicates,
         replicate_sd=replicate_sd,
         overwrite=overwrite,
+        workers=workers,
         **extra,
     )
-    typer.echo(f"wrote {fields} field(s) x {replicates} replicate(s) x {len(names)} condition(s) "
+    typer.echo(f"wrote {fields} {preset} field(s) x {replicates} replicate(s) x {len(names)} condition(s) "
                f"({', '.join(names)}) to {path} "
                f"(effect: {effect} in {effect_channel}, size {effect_size:g}; ground truth in {path / 'masks'})")

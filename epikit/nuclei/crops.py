@@ -183,10 +183,40 @@ def find_nuclei(labels: np.ndarray, settings: CropSettings) -> NucleusSelection:
 
 
 def intensity_range(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel low and high percentiles of ``values (C, ...)``: the normalisation range."""
+    """Per-channel low and high percentiles of ``values (C, ...)``: the normalisation range.
+
+    Equal to ``np.percentile(..., axis=1)`` (linear interpolation) bit for bit; for the usual
+    8- and 16-bit images (whole numbers in 0..65535) it counts a histogram instead of sorting,
+    several times faster on large fields.
+    """
     flat = values.reshape(values.shape[0], -1)
-    low, high = np.percentile(flat, percentiles, axis=1)
+    found = _whole_number_percentiles(flat, percentiles)
+    low, high = np.percentile(flat, percentiles, axis=1) if found is None else found
     return low.astype(np.float32), high.astype(np.float32)
+
+
+def _whole_number_percentiles(flat: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray | None:
+    """``np.percentile(flat, percentiles, axis=1)`` from histograms; None unless every value
+    of ``flat (C, n)`` is a whole number in 0..65535."""
+    if flat.shape[1] == 0:
+        return None
+    whole = flat.astype(np.uint16)
+    if not np.array_equal(whole, flat):
+        return None
+    n = flat.shape[1]
+    position = np.asarray(percentiles, dtype=np.float64) / 100 * (n - 1)  # numpy's "linear" method
+    below = np.floor(position)
+    above = np.minimum(below + 1, n - 1)
+    fraction = position - below
+    found = np.empty((len(position), flat.shape[0]), dtype=np.float64)
+    for c, channel in enumerate(whole):
+        cumulative = np.cumsum(np.bincount(channel))
+        # The k-th smallest value (0-based) is the first whose cumulative count exceeds k.
+        a = np.searchsorted(cumulative, below, side="right").astype(np.float64)
+        b = np.searchsorted(cumulative, above, side="right").astype(np.float64)
+        step = b - a
+        found[:, c] = np.where(fraction >= 0.5, b - step * (1 - fraction), a + step * fraction)
+    return found
 
 
 def _normalised(pixels: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

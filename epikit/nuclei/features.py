@@ -168,21 +168,26 @@ def glcm_features(pixels: np.ndarray, mask: np.ndarray, levels: int = 32) -> np.
     values = pixels[:, inside]
     low, high = values.min(axis=1, keepdims=True), values.max(axis=1, keepdims=True)
     span = np.where(high > low, high - low, 1.0)
-    quantised = np.zeros(pixels.shape, dtype=np.int64)
-    quantised[:, inside] = np.clip(((values - low) / span * levels).astype(np.int64), 0, levels - 1)
+    levels_of = np.clip(((values - low) / span * levels).astype(np.intp), 0, levels - 1)  # (C, n inside)
     base = (np.arange(channels) * levels * levels)[:, None]  # one bincount for all channels
 
-    height, width = inside.shape
+    # Each inside pixel's position among the inside pixels (-1 outside), on a one-pixel frame
+    # so that every neighbour offset stays in bounds.
+    framed = np.pad(inside, 1)
+    width = framed.shape[1]
+    where = np.flatnonzero(framed)
+    position = np.full(framed.size, -1, dtype=np.intp)
+    position[where] = np.arange(where.size)
     codes = []
     for dy, dx in GLCM_OFFSETS:
         # Pixel a at (y, x), its neighbour b at (y + dy, x + dx), both inside the nucleus.
-        xs, xe = max(0, -dx), width - max(0, dx)
-        pair = inside[: height - dy, xs:xe] & inside[dy:, xs + dx: xe + dx]
-        a = quantised[:, : height - dy, xs:xe][:, pair]
-        b = quantised[:, dy:, xs + dx: xe + dx][:, pair]
-        codes += [(base + a * levels + b).ravel(), (base + b * levels + a).ravel()]
+        neighbour = position[where + dy * width + dx]
+        has = neighbour >= 0
+        codes.append((base + levels_of[:, has] * levels + levels_of[:, neighbour[has]]).ravel())
     size = channels * levels * levels
-    counts = np.bincount(np.concatenate(codes), minlength=size).reshape(channels, -1)
+    one_way = np.bincount(np.concatenate(codes), minlength=size).reshape(channels, levels, levels)
+    # Both orders of every pair (the symmetric matrix): the counts plus their transpose.
+    counts = (one_way + one_way.transpose(0, 2, 1)).reshape(channels, -1)
     total = counts.sum(axis=1, keepdims=True)
     p = counts / np.where(total > 0, total, 1)
 

@@ -23,7 +23,9 @@ it is somewhat diluted by blur (about 1.4 for 1.5). Per-field and per-channel br
 factors multiply whole images, so they leave every ratio unchanged.
 
 Public API: :func:`simulate_field`, :class:`SimulatedField`, :func:`simulate_dataset`,
-:func:`sample_diverse_field_params`.
+:func:`sample_diverse_field_params`, and the named parameter sets of
+:mod:`epikit.simulate.presets` (:data:`PRESETS`, e.g. ``"sora"``: the study's 2048 x 2048
+super-resolution fields).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from epikit.simulate.dataset import simulate_dataset
 from epikit.simulate.diversity import sample_diverse_field_params
 from epikit.simulate.effect import EFFECTS
 from epikit.simulate.field import CHANNEL_NAMES, CONTROL, SimulatedField, simulate_field
+from epikit.simulate.presets import PRESETS, preset_params
 
 __all__ = [
     "CHANNEL_NAMES",
     "CONTROL",
     "EFFECTS",
+    "PRESETS",
     "SimulatedField",
     "sample_diverse_field_params",
     "simulate_dataset",
     "simulate_field",
+    "preset_params",
 ]

@@ -24,6 +24,9 @@ import inspect
 import io
 import uuid
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import numpy as np
 from epikit.errors import ConfigError
 from epikit.simulate.effect import describe_effect
 from epikit.simulate.field import CHANNEL_NAMES, CONTROL, SimulatedField, check_effect, check_number, simulate_field
+from epikit.simulate.presets import preset_params
 
 FORMAT_VERSION = 1
 # Parameters of simulate_field that simulate_dataset sets itself.
@@ -112,15 +116,51 @@ def _check_fields(n_fields: int, conditions: tuple[str, ...], control: str, fiel
         raise ConfigError(f"fields_per_group = {fields_per_group!r} must be a whole number >= 1")
 
 
+@dataclass(frozen=True)
+class _FieldJob:
+    """One field to simulate and write into the dataset folder being built (``root``)."""
+
+    root: Path
+    seed: int
+    condition: str
+    replicate: int
+    replicates: int
+    index: int
+    n_fields: int
+    fields_per_group: int
+    effect_size: float
+    ratio_shift: float
+    extra: tuple[tuple[str, str], ...]
+    settings: dict[str, Any]
+
+
+def _write_field(job: _FieldJob) -> dict[str, Any]:
+    """Simulate one field, write its image and labels; return its ``simulation.json`` entry
+    (its manifest columns first)."""
+    simulated = simulate_field(field_rng(job.seed, job.condition, job.replicate * job.n_fields + job.index),
+                               condition=job.condition, effect_size=job.effect_size,
+                               ratio_shift=job.ratio_shift, **job.settings)
+    prefix = f"rep{job.replicate + 1}_" if job.replicates > 1 else ""
+    name = f"{prefix}field_{job.index:03d}.tif"
+    relative = f"images/{job.condition}/{name}"
+    _write_image(job.root / relative, simulated, f"epikit.simulate/{job.seed}/{relative}")
+    _write_labels(job.root / "masks" / job.condition / name, simulated.labels)
+    group = f"{job.condition}/{prefix}field_{job.index:03d}" if job.fields_per_group == 1 else \
+        f"{job.condition}/{prefix}well_{job.index // job.fields_per_group:02d}"
+    return {"path": relative, "condition": job.condition, "group": group, **dict(job.extra),
+            "effect_size": job.effect_size, "nuclei": simulated.n_nuclei, "affected": simulated.affected,
+            **simulated.params}
+
+
 def simulate_dataset(
     out: str | Path,
     *,
     n_fields: int = 8,
     conditions: tuple[str, ...] = (CONTROL, "vpa"),
     control: str = CONTROL,
-    size: int | tuple[int, int] = (512, 512),
-    n_nuclei: int | tuple[int, int] = (10, 25),
-    radius: float | tuple[float, float] = (14.0, 26.0),
+    size: int | tuple[int, int] | None = None,
+    n_nuclei: int | tuple[int, int] | None = None,
+    radius: float | tuple[float, float] | None = None,
     effect: str = "periphery",
     effect_channel: str = "H3K27ac",
     effect_size: float = 0.5,
@@ -130,6 +170,8 @@ def simulate_dataset(
     replicates: int = 1,
     replicate_sd: float = 0.0,
     overwrite: bool = False,
+    preset: str | None = None,
+    workers: int = 1,
     **field_params: Any,
 ) -> Path:
     """Simulate ``n_fields`` fields per condition and replicate and write them under ``out``; returns ``out``.
@@ -146,8 +188,13 @@ def simulate_dataset(
     ``fields_per_group > 1``, which puts consecutive fields into wells
     (``<condition>/well_##``) for grouped splits. Further keyword arguments go to
     :func:`epikit.simulate.simulate_field` (e.g. ``field_brightness_sd=0.8`` for strong
-    per-field brightness differences, ``mitotic_fraction=0.05``). ``out`` must not exist
-    unless ``overwrite`` is true; it is written completely or not at all.
+    per-field brightness differences, ``mitotic_fraction=0.05``). ``preset`` (see
+    :mod:`epikit.simulate.presets`, e.g. ``"sora"`` for the study's 2048 x 2048 fields) sets
+    every parameter the call leaves out; ``size``, ``n_nuclei`` and ``radius`` left at None
+    take the preset's values (without a preset: 512 x 512, 10-25 nuclei, radius 14-26 px).
+    ``workers > 1`` simulates fields in that many processes (the files do not change: each
+    field has its own random stream). ``out`` must not exist unless ``overwrite`` is true; it
+    is written completely or not at all.
     """
     from epikit.io.store import atomic_path, write_json
     from epikit.plugins import epikit_version
@@ -166,6 +213,12 @@ def simulate_dataset(
         raise ConfigError(f"seed {seed!r} must be an integer") from None
     if seed < 0:
         raise ConfigError(f"seed {seed} must be >= 0")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers = {workers!r} must be a whole number >= 1 (processes)")
+    given = {"size": size, "n_nuclei": n_nuclei, "radius": radius, **field_params}
+    chosen = {**preset_params(preset), **{k: v for k, v in given.items() if v is not None}}
+    size, n_nuclei, radius = chosen.pop("size"), chosen.pop("n_nuclei"), chosen.pop("radius")
+    field_params = chosen
     signature = inspect.signature(simulate_field).parameters
     allowed = set(signature) - _OWN
     unknown = sorted(set(field_params) - allowed)
@@ -177,30 +230,23 @@ def simulate_dataset(
     settings = dict(size=size, n_nuclei=n_nuclei, radius=radius, effect=effect,
                     effect_channel=effect_channel, control=control, **field_params)
     header = ["path", "condition", "group"] + ["replicate"] * (replicates > 1) + ["dose"] * (doses is not None)
-    rows: list[list[str]] = []
-    fields: list[dict[str, Any]] = []
     with atomic_path(out) as tmp:
+        jobs = []
         for c, condition in enumerate(conditions):
             for folder in ("images", "masks"):
                 (tmp / folder / condition).mkdir(parents=True)
             for replicate in range(replicates):
                 shift = replicate_shift(seed, condition, replicate, replicate_sd)
-                prefix = f"rep{replicate + 1}_" if replicates > 1 else ""
-                for index in range(n_fields):
-                    simulated = simulate_field(field_rng(seed, condition, replicate * n_fields + index),
-                                               condition=condition, effect_size=sizes[condition],
-                                               ratio_shift=shift, **settings)
-                    name = f"{prefix}field_{index:03d}.tif"
-                    relative = f"images/{condition}/{name}"
-                    _write_image(tmp / relative, simulated, f"epikit.simulate/{seed}/{relative}")
-                    _write_labels(tmp / "masks" / condition / name, simulated.labels)
-                    group = f"{condition}/{prefix}field_{index:03d}" if fields_per_group == 1 else \
-                        f"{condition}/{prefix}well_{index // fields_per_group:02d}"
-                    row = [relative, condition, group] + [f"rep{replicate + 1}"] * (replicates > 1)
-                    rows.append(row if doses is None else row + [f"{float(doses[c]):g}"])
-                    fields.append({**dict(zip(header, row)), "effect_size": sizes[condition],
-                                   "nuclei": simulated.n_nuclei, "affected": simulated.affected,
-                                   **simulated.params})
+                extra = ((("replicate", f"rep{replicate + 1}"),) if replicates > 1 else ()) + \
+                    ((("dose", f"{float(doses[c]):g}"),) if doses is not None else ())
+                jobs += [_FieldJob(tmp, seed, condition, replicate, replicates, index, n_fields, fields_per_group,
+                                   sizes[condition], shift, extra, settings) for index in range(n_fields)]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+                fields = list(pool.map(_write_field, jobs))
+        else:
+            fields = [_write_field(job) for job in jobs]
+        rows = [[field[column] for column in header] for field in fields]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
@@ -211,6 +257,7 @@ def simulate_dataset(
             "generator": "epikit.simulate.simulate_dataset",
             "epikit_version": epikit_version(),
             "seed": seed,
+            "preset": preset or "default",
             "n_fields": n_fields,
             "conditions": list(conditions),
             "fields_per_group": fields_per_group,
