@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from epikit.analysis.biomarkers import (
+    COLUMNS,
     KEYS,
     SHELL_COLUMN_PREFIX,
     compare_maps,
@@ -136,13 +137,16 @@ def biomarker_run(
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
+    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
+                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed,
+                               policy=policy or "contrast")
     designed = analyse_design(run_dir, long, cells, reference=reference, seed=seed, alpha=alpha,
                               image_test=image_test, min_units=min_units, unit_test=unit_test,
-                              overall_test=overall_test, model=model, target=policy or "contrast")
-    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
-                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed, alpha=alpha,
-                               policy=policy or "contrast")
-    table, findings = radial.merge(designed.table, design_findings(designed, alpha, n_shells))
+                              overall_test=overall_test, model=model, target=policy or "contrast",
+                              extra=radial.rows[list(COLUMNS)])
+    table = designed.table
+    findings = design_findings(designed, alpha, n_shells)
+    findings += radial.findings(table, alpha, first_rank=len(findings) + 1)
     write_csv(table, run_dir / BIOMARKERS)
     summary: dict[str, Any] = {
         "reference": reference,

@@ -64,10 +64,12 @@ def _write_or_remove(frame: pd.DataFrame | None, path: Path) -> None:
 
 def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame, *, reference: str | None,
                    seed: int, alpha: float, image_test: str, min_units: int, unit_test: str,
-                   overall_test: str, model: str, target: str = "contrast") -> DesignedAnalysis:
+                   overall_test: str, model: str, target: str = "contrast",
+                   extra: pd.DataFrame | None = None) -> DesignedAnalysis:
     """Design-aware biomarker table, ``condition_tests.csv`` and ``mixed_models.csv`` (see the module).
 
-    Map rows are compared under the maps' target policy ``target`` (:func:`biomarker_table`).
+    Map rows are compared under the maps' target policy ``target`` (:func:`biomarker_table`);
+    ``extra`` rows (radial intervals) join the q-value families.
     The tests across all conditions and the mixed models use the image rows only: maps of
     different conditions explain different classes under every policy but one fixed class,
     so pooling them across conditions would mix the target into the comparison.
@@ -77,7 +79,8 @@ def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame,
     long = attach_design(long, cells)
     design = describe_design(long, min_units=min_units)
     reference = choose_reference(long["condition"].astype(str).unique(), reference or None)
-    table = biomarker_table(long, reference, image_test, seed, target, design=design, unit_test=unit_test)
+    table = biomarker_table(long, reference, image_test, seed, target, design=design, unit_test=unit_test,
+                            extra=extra)
     images = long[long["source"] == "image"]
     across = across_conditions(images, KEYS, design, overall_test, seed=seed)
     _write_or_remove(across, run_dir / CONDITION_TESTS)

@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from epikit.analysis.biomarkers import COLUMNS
-from epikit.analysis.radial import compare_profiles, interval_region, localisation
-from epikit.analysis.stats import benjamini_hochberg
+from epikit.analysis.radial import compare_profiles, interval_region, is_interval_region, localisation
 from epikit.analysis.targets import side_targets
 from epikit.errors import DataError
 from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
@@ -48,17 +47,32 @@ SCALE_WORDS = {"relative": "of the way from the outline to the centre", "um": "u
 
 @dataclass
 class RadialBiomarkers:
-    """What the radial analysis adds to the biomarkers stage."""
+    """What the radial analysis adds to the biomarkers stage: tested interval rows (``p_value``
+    family-wise over bins; their ``q_value`` comes from the stage's families, see
+    :func:`epikit.analysis.biomarkers.biomarker_table` ``extra``) and a summary."""
 
     rows: pd.DataFrame
-    findings: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    bins: int = 20
+    bin_um: float = 0.25
 
-    def merge(self, table: pd.DataFrame, findings: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-        """The shell table with the interval rows appended, and the shell findings followed by these."""
-        merged = pd.concat([table, self.rows], ignore_index=True) if len(self.rows) else table
-        extra = [{**f, "rank": len(findings) + i} for i, f in enumerate(self.findings, start=1)]
-        return merged, [*findings, *extra]
+    def findings(self, table: pd.DataFrame, alpha: float, first_rank: int = 1) -> list[dict[str, Any]]:
+        """The interval rows of the final ``table`` with ``q < alpha`` as findings (ranked by q, p)."""
+        if not len(self.rows):
+            self.summary["n_significant"] = 0
+            return []
+        keys = ["source", "explainer", "channel", "target", "region", "condition", "reference", "unit"]
+        final = table[table["region"].map(is_interval_region)][[*keys, "q_value"]]
+        rows = self.rows.drop(columns="q_value").merge(final, on=keys, how="left")
+        found = rows[rows["q_value"] < alpha].sort_values(["q_value", "p_value"], kind="mergesort")
+        self.summary["n_significant"] = int(len(found))
+        return [{"rank": rank, "text": _finding_text(row, row["scale"]),
+                 "localisation": localisation(row["start"], row["stop"], _deepest(self.bins, row["scale"], self.bin_um),
+                                              row["effect"]),
+                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
+                                                "reference", "effect", "cliffs_delta", "hedges_g", "p_value",
+                                                "q_value", "unit", "n_condition", "n_reference")}}
+                for rank, row in enumerate(found.to_dict("records"), start=first_rank)]
 
 
 def _pixel_um(cells: pd.DataFrame) -> np.ndarray | None:
@@ -159,7 +173,7 @@ def _finding_text(row: dict[str, Any], scale: str) -> str:
 def radial_biomarkers(
     run_dir: str | Path, cells: pd.DataFrame, channel_names: Sequence[str], map_sets: Sequence[StoredMaps],
     reference: str, *, bins: int = 20, bin_um: float = 0.25, resamples: int = 1000, seed: int = 0,
-    alpha: float = 0.05, policy: str = "contrast",
+    policy: str = "contrast",
 ) -> RadialBiomarkers:
     """Profile every cell, write ``profiles.parquet`` and ``profile_curves.csv``, test every quantity.
 
@@ -191,26 +205,16 @@ def radial_biomarkers(
                          "effect": interval["difference"],
                          "statistic": "bin mean / nucleus mean; cluster mass of Welch t", "role": "design"})
     table = pd.DataFrame(rows, columns=[*COLUMNS, "scale", "start", "stop"])
-    if len(table):
-        table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy(np.float64))
+    table["target"] = table["target"].fillna("").astype(str)
     all_curves = pd.concat(curves, ignore_index=True)  # image quantities are always there
     write_profile_curves(run_dir, all_curves[[*QUANTITY, *[c for c in all_curves if c not in QUANTITY]]])
-    found = table[table["q_value"] < alpha].sort_values(["q_value", "p_value"], kind="mergesort")
-    findings = [{"rank": rank, "text": _finding_text(row, row["scale"]),
-                 "localisation": localisation(row["start"], row["stop"], _deepest(bins, row["scale"], bin_um),
-                                              row["effect"]),
-                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
-                                                "reference",
-                                                "effect", "cliffs_delta", "hedges_g", "p_value", "q_value", "unit",
-                                                "n_condition", "n_reference")}}
-                for rank, row in enumerate(found.to_dict("records"), start=1)]
     summary = {"bins": bins, "bin_um": bin_um, "scales": sorted(long["scale"].unique()),
                "resamples": resamples, "n_intervals": int(len(table)),
-               "n_significant": int((table["q_value"] < alpha).sum()) if len(table) else 0,
+               "q_values": "Benjamini-Hochberg together with the shell rows of the same unit",
                "band": "95% simultaneous hierarchical bootstrap-t band",
                "test": "cluster-mass permutation of unit condition labels, FWER over bins",
                "maps_not_compared": sorted(set(skipped))}
-    return RadialBiomarkers(table[list(COLUMNS)], findings, summary)
+    return RadialBiomarkers(table, summary, bins, bin_um)
 
 
 def _deepest(bins: int, scale: str, bin_um: float) -> float:

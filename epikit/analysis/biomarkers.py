@@ -32,6 +32,7 @@ import pandas as pd
 
 from epikit.nuclei.shells import shell_means, shell_regions, shell_shares
 from epikit.analysis.design import Design, compare_design
+from epikit.analysis.radial import is_interval_region
 from epikit.analysis.stats import adjust_within_units, bootstrap_mean_ci, choose_reference, compare_conditions
 from epikit.analysis.targets import describe_targets, side_targets
 from epikit.errors import DataError
@@ -171,14 +172,15 @@ def image_shares(
 
 def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test: str = "permutation",
                     seed: int = 0, target: str = "contrast", design: Design | None = None,
-                    unit_test: str = "ttest") -> pd.DataFrame:
+                    unit_test: str = "ttest", extra: pd.DataFrame | None = None) -> pd.DataFrame:
     """The biomarkers.csv table from long-format shares (see :data:`COLUMNS`).
 
     Image rows compare every cell; map rows follow the target policy ``target`` (see
     :func:`compare_maps`). With a ``design`` (:mod:`epikit.analysis.design`) the tests run at
     its unit (``role="design"``) and the lower levels follow as ``role="comparison"`` rows;
-    without, the image is the unit and the cell level the comparison. Benjamini-Hochberg
-    q-values within each unit over all rows.
+    without, the image is the unit and the cell level the comparison. ``extra``: further tested
+    rows (the radial intervals of :mod:`epikit.radial_biomarkers`) that join the families.
+    Benjamini-Hochberg q-values within each unit over all rows.
     """
     reference = choose_reference(long["condition"].unique(), reference)
 
@@ -192,6 +194,8 @@ def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test
     parts = [compare(long[~is_map]).assign(target="")] if (~is_map).any() else []
     if is_map.any():
         parts.append(compare_maps(long[is_map], target, reference, compare))
+    if extra is not None and len(extra):
+        parts.append(extra)
     table = adjust_within_units(pd.concat(parts, ignore_index=True))
     table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
     order = {"design": 0, "comparison": 1, "replicate": 0, "group": 1, "image": 2, "cell": 3}
@@ -246,8 +250,10 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
     Few images make q and Cliff's delta tie often (the smallest attainable p, complete
     separation); Hedges' g, scale-free unlike ``effect``, then ranks the clearer separation first.
     At most ``limit`` findings per source, so strong intensity rows never hide the map findings.
+    Radial interval rows are left to :meth:`epikit.radial_biomarkers.RadialBiomarkers.findings`.
     """
-    rows = table[(table["unit"] == unit) & (table["q_value"] < alpha)].copy()
+    rows = table[(table["unit"] == unit) & (table["q_value"] < alpha)
+                 & ~table["region"].map(is_interval_region)].copy()
     rows["_delta"] = -rows["cliffs_delta"].abs()
     rows["_g"] = -rows["hedges_g"].abs().fillna(0.0)
     rows = rows.sort_values(["q_value", "_delta", "_g"], kind="mergesort")
