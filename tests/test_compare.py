@@ -30,7 +30,8 @@ def test_compare_grid_writes_table_and_report(tmp_path):
     for _, pair in table.groupby("segmenter"):
         assert pair["accuracy"].nunique() == 1
     html = (out / "comparison.html").read_text()
-    assert html.count("<tr") == 5 and "no report" in html  # per-run reports were switched off
+    # 4 specification rows and 2 explainer pairs, each table with its header row
+    assert html.count("<tr") == 5 + 3 and "no report" in html  # per-run reports were switched off
     for run in table["run"]:
         assert (tmp_path / "cmp" / "runs").as_posix() in run
 
