@@ -75,7 +75,8 @@ def _curve_section(writer: FigureWriter, curves: dict[str, Any], source: str) ->
     sign = {1: "positive", -1: "negative"}.get(curve["sign"], "no")
     kind = "exact, all" if test["exact"] else "random"
     verdict = ("rejects" if curve["rejects"] else "does not reject") + " no effect"
-    figure = writer.save(specification_curve(curve, f"{feature} ({SOURCE_LABELS[source]}) effect"), f"curve_{source}")
+    figure = writer.save(specification_curve(curve, f"{SOURCE_LABELS[source]}: {condition} - {reference}"),
+                         f"curve_{source}")
     return [
         html.element("h3", what),
         html.paragraph(

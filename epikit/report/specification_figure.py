@@ -42,8 +42,8 @@ def specification_curve(curve: Mapping[str, Any], ylabel: str) -> Any:
     top.scatter(x[excludes], effect[excludes], color="#1f77b4", zorder=3, label="95% interval excludes 0")
     top.scatter(x[~excludes], effect[~excludes], facecolor="white", edgecolor="#1f77b4", zorder=3,
                 label="95% interval includes 0")
-    top.set_ylabel(short(ylabel, 60))
-    top.legend(loc="best", fontsize=7)
+    top.set_ylabel(short(ylabel, 40), fontsize=8)
+    top.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, fontsize=7, frameon=False)
     for row, (axis, value) in enumerate(rows):
         chosen = [i for i, s in enumerate(specs) if str(s[axis]) == value]
         bottom.scatter(chosen, [row] * len(chosen), marker="s", color="#333333", s=18)
@@ -51,5 +51,5 @@ def specification_curve(curve: Mapping[str, Any], ylabel: str) -> Any:
     bottom.set_ylim(len(rows) - 0.5 if rows else 0.5, -0.5)
     bottom.set_xticks(x, [str(i + 1) for i in x])
     bottom.set_xlabel("specification (sorted by effect)")
-    figure.subplots_adjust(left=0.3, hspace=0.08)
+    figure.subplots_adjust(left=0.32, hspace=0.08, top=0.9)
     return figure
