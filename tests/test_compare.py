@@ -113,7 +113,8 @@ def test_explainers_are_compared_by_finding_and_cell_by_cell(planted):
 def test_comparison_report_shows_both_curves(planted):
     out, _ = planted
     html = (out / "comparison.html").read_text()
-    assert html.count("<tr") == 9 + 5  # 8 specifications + header, 4 explainer pairs + header
+    # Summary and findings: 8 specifications + header each; 4 explainer pairs + header
+    assert html.count("<tr") == 9 + 9 + 5
     assert "no report" in html  # per-run reports were switched off
     assert "CTCF:rim_vs_centre intensity: vpa minus ctrl" in html and "CTCF:rim_vs_centre map" in html
     assert "rejects no effect" in html

@@ -197,7 +197,11 @@ def compare_methods(
     keys = Counter(k for k in table["finding_key"] if k)
     consensus = keys.most_common(1)[0][0] if keys else ""
     table["agrees"] = [bool(consensus) and key == consensus for key in table["finding_key"]]
-    condition = options.condition or sorted(set(values[0].conditions) - {values[0].reference})[0]
+    others = sorted(set(values[0].conditions) - {values[0].reference})
+    if options.condition and options.condition not in others:
+        raise ConfigError(f"--condition {options.condition!r} is not a non-reference condition of the input; "
+                          f"choose one of: {', '.join(others)} (the finished runs are reused)")
+    condition = options.condition or others[0]
     table, curves = specification_curves(table, values, condition, options, seed=int(config["seed"]))
     table["explainers_agree"], pairs = explainer_agreement(table)
     curves.update(feature=str(values[0].feature), varying=[a.name for a in grid.varying()],

@@ -21,6 +21,8 @@ from epikit.report.specification_figure import specification_curve
 
 COMPARISON_REPORT = "comparison.html"
 SCORE_COLUMNS = ("balanced_accuracy", "roc_auc", "seg_ap50", "deletion_auc", "insertion_auc")
+#: The comparison table's analysis-choice columns (the axes of epikit.compare.grid), in pipeline order.
+CHOICE_COLUMNS = ("segmenter", "crop_size", "scale", "classifier", "target", "explainer", "shell")
 
 
 def _label(row: pd.Series) -> str:
@@ -62,6 +64,14 @@ def _seconds_figure(table: pd.DataFrame) -> object:
 
 
 SOURCE_LABELS = {"intensity": "intensity", "map": "map"}
+
+
+def _interval(row: pd.Series, source: str) -> str:
+    """``effect [low, high]`` of one source's feature effect (empty without an effect)."""
+    effect, low, high = (row.get(f"{source}_{k}") for k in ("effect", "low", "high"))
+    if effect is None or pd.isna(effect):
+        return ""
+    return f"{html.format_value(effect, 4)} [{html.format_value(low, 4)}, {html.format_value(high, 4)}]"
 
 
 def _curve_section(writer: FigureWriter, curves: dict[str, Any], source: str) -> list[Any]:
@@ -115,17 +125,22 @@ def build_comparison_report(out: str | Path, table: pd.DataFrame, consensus: str
         scores = writer.save(_score_figure(table), "scores")
         seconds = writer.save(_seconds_figure(table), "seconds")
         curve_parts = [part for source in ("intensity", "map") for part in _curve_section(writer, curves, source)]
-    axes = [c for c in ("segmenter", "crop_size", "scale", "classifier", "target", "explainer", "shell") if c in table]
-    shown = [*axes, "nuclei", "seg_ap50", "balanced_accuracy", "top_finding", "top_map_finding",
-             "intensity_effect", "intensity_low", "intensity_high", "map_effect", "map_low", "map_high",
-             "agrees", "explainers_agree"]
-    shown = [c for c in shown if c in table]
-    rows = []
+    axes = ([c for c in CHOICE_COLUMNS if c in table and table[c].nunique() > 1]
+            or [c for c in ("segmenter", "classifier", "explainer") if c in table])
+    fixed = {c: table[c].iloc[0] for c in CHOICE_COLUMNS if c in table and c not in axes}
+    scores_shown = [c for c in ("nuclei", "seg_ap50", "balanced_accuracy") if c in table]
+    intervals = [source for source in ("intensity", "map") if f"{source}_effect" in table]
+    flags = [c for c in ("agrees", "explainers_agree") if c in table]
+    rows, finding_rows = [], []
     for _, row in table.iterrows():
         report = Path(row["run"]) / "report.html"
         link = (html.element("a", "report", href=report.relative_to(out).as_posix())
                 if report.exists() else html.note("no report"))
-        rows.append([*(row[c] for c in shown), link])
+        rows.append([*(row[c] for c in axes), *(row[c] for c in scores_shown),
+                     *(_interval(row, source) for source in intervals), *(row[c] for c in flags), link])
+        finding_rows.append([_label(row), row.get("top_finding", ""), row.get("top_map_finding", "")])
+    shown = [*axes, *scores_shown, *(f"{curves.get('feature', '')} {source} effect [95% interval]"
+                                     for source in intervals), *flags]
     classes = [None if agrees else "disagrees" for agrees in table.get("agrees", [True] * len(table))]
     verdict = (f"Most common top finding: {consensus}." if consensus
                else "No specification found a biomarker at q < 0.05 (image level).")
@@ -139,7 +154,11 @@ def build_comparison_report(out: str | Path, table: pd.DataFrame, consensus: str
                            "(same condition and localisation of the top finding)."),
             html.paragraph(f"Stage executions with shared work: {html.format_value(cost.get('executions', {}))}.")
             if cost else "",
+            html.paragraph(f"Fixed choices: {html.format_value(fixed)}.") if fixed else "",
             html.table([*shown, "run"], rows, row_classes=classes))),
+        ("findings", "Findings", html.section(
+            "findings", "Top finding and top map finding per specification",
+            html.table(["specification", "top finding", "top map finding"], finding_rows))),
         ("curves", "Specification curves", html.section(
             "curves", "Specification curves", *(curve_parts or [html.note("No curves were computed.")]))),
         ("agreement", "Explainers", html.section("agreement", "Agreement of explainers", *_agreement_section(pairs))),
