@@ -125,6 +125,24 @@ def test_comparison_report_shows_both_curves(planted):
         assert (out / "runs").as_posix() in run
 
 
+def test_the_cost_estimate_uses_timings_measured_under_the_folder(planted):
+    from epikit.cli.run import resolve_settings
+    from epikit.compare import plan_comparison
+
+    out, _ = planted
+    settings = resolve_settings(None, None, None, TINY[1::2])
+    choices = {"segmenter": "watershed,maskrcnn", "classifier": "cnn", "explainer": "gradcam,gradcampp",
+               "shell": "scaled,distance"}
+    _, cost = plan_comparison(settings, out, choices)
+    assert (cost.measured, cost.referenced) == (26, 0)
+    table = pd.read_csv(out / "comparison.csv")
+    explain = table.groupby(["segmenter", "explainer"])["seconds_explain"].first().sum()
+    assert cost.per_stage["explain"] == pytest.approx(explain, rel=1e-6)
+    # A new explainer has no timings yet: its stages come from the reference table.
+    _, bigger = plan_comparison(settings, out, {**choices, "explainer": "gradcam,scorecam"})
+    assert (bigger.measured, bigger.referenced) == (24, 2)  # the two scorecam explanations
+
+
 @pytest.mark.skipif(chromium() is None, reason="chromium not installed (CI: apt-get install -y chromium)")
 def test_comparison_report_in_headless_chromium(planted, tmp_path):
     out, _ = planted
