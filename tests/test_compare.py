@@ -159,6 +159,27 @@ def test_no_effect_no_joint_test_rejects(tmp_path):
         assert curves[source]["joint_test"]["p_value"] >= 0.05
 
 
+def test_crop_sizes_and_target_policies_reuse_one_segmentation(tmp_path):
+    import zarr
+
+    out = tmp_path / "cmp"
+    output = CliRunner().invoke(app, ["compare", "--segmenters", "watershed", "--classifiers", "cnn",
+                                      "--explainers", "gradcam", "--crop-sizes", "24,32", "--targets", "contrast,own",
+                                      "--out", str(out), "-q", *TINY, "-p", "demo.fields=3"])
+    assert output.exit_code == 0, output.output
+    assert "segment 1x, extract 2x, train 2x, explain 4x" in output.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert sorted(table["name"]) == sorted(f"watershed__crop{c}__cnn__target-{t}__gradcam"
+                                           for c in (24, 32) for t in ("contrast", "own"))
+    masks = {os.stat(next((out / "runs" / name / "masks").rglob("*.tif"))).st_ino for name in table["name"]}
+    assert len(masks) == 1  # one segmentation, hard-linked into every run
+    for _, row in table.iterrows():
+        run = out / "runs" / row["name"]
+        assert zarr.open_group(str(run / "crops.zarr"), mode="r")["crops"].shape[-1] == row["crop_size"]
+        assert zarr.open_group(str(run / "maps.zarr"), mode="r").attrs["target"] == row["target"]
+    assert set(table["map_effect"].notna()) == {True}
+
+
 def test_max_runs_and_unknown_names_fail_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["compare", *GRID, "--max-runs", "6", "--out", str(tmp_path / "cmp"), "-q"])
     assert result.exit_code == 2

@@ -127,3 +127,18 @@ def test_grid_shares_stages_a_choice_cannot_change(tmp_path):
 def test_grid_rejects_bad_choices_before_work(choices, message):
     with pytest.raises((ConfigError, UnknownPluginError), match=message):
         Grid(_config(), choices)
+
+
+def test_the_compared_feature_defaults_to_the_first_non_nuclear_channel():
+    from epikit.compare.measures import Feature, parse_feature
+
+    channels = ["Hoechst", "CTCF", "H3K27ac"]
+    assert parse_feature("", channels, 0, 5) == Feature("CTCF", "rim_vs_centre")
+    assert parse_feature("", channels, "CTCF", 5) == Feature("Hoechst", "rim_vs_centre")
+    assert str(parse_feature("H3K27ac:shell_5", channels, 0, 5)) == "H3K27ac:shell_5"
+    with pytest.raises(ConfigError, match="must be CHANNEL:REGION"):
+        parse_feature("H3K27ac:shell_6", channels, 0, 5)
+    with pytest.raises(ConfigError, match="must be CHANNEL:REGION"):
+        parse_feature("GFP:rim_vs_centre", channels, 0, 5)
+    with pytest.raises(ConfigError, match="only the nuclear channel"):
+        parse_feature("", ["Hoechst"], 0, 5)
