@@ -163,8 +163,8 @@ def compare_methods(
     receives the cost estimate before any run starts. Returns the comparison table (also
     ``out/comparison.csv``): per specification its scores, top finding and top map finding,
     ``agrees`` (top finding equals the grid's most common one), ``explainers_agree`` (the runs
-    differing only in the explainer share the top map finding and the sign of the map
-    feature), and ``intensity_effect/low/high`` and ``map_effect/low/high`` of the compared
+    differing only in the explainer share the top map finding, or its absence, and the sign of
+    the map feature), and ``intensity_effect/low/high`` and ``map_effect/low/high`` of the compared
     feature (``options.feature``). Also writes ``specification_curve.json``,
     ``explainer_agreement.csv`` and ``comparison.html``. ``executor`` (see
     :func:`epikit.distributed.get_executor`) runs the per-image and per-chunk work.

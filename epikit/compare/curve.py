@@ -74,8 +74,9 @@ def _sign(value: Any) -> int:
 
 def explainer_agreement(table: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     """Per row, whether the runs differing from it only in the explainer agree on the top map
-    finding (condition, localisation, and the sign of the map feature's effect); and one row per
-    pair of such runs with their cell-by-cell map agreement (median Spearman rho over cells)."""
+    finding (condition and localisation, or both none) and the sign of the map feature's effect;
+    and one row per pair of such runs with their cell-by-cell map agreement (median Spearman
+    rho over cells)."""
     others = [a.name for a in AXES if a.name != "explainer" and a.name in table]
     shown = [c for c in others if table[c].nunique() > 1] or others
     agrees = pd.Series(np.nan, index=table.index, dtype=object)
@@ -84,8 +85,7 @@ def explainer_agreement(table: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
         if group["explainer"].nunique() < 2:
             continue
         keys = {(row["map_finding_key"], _sign(row.get("map_effect"))) for _, row in group.iterrows()}
-        same = len(keys) == 1 and bool(next(iter(keys))[0])
-        agrees.loc[group.index] = same
+        agrees.loc[group.index] = len(keys) == 1
         positions = list(group.index)
         for i, first in enumerate(positions):
             for second in positions[i + 1:]:
@@ -94,6 +94,6 @@ def explainer_agreement(table: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
                 pairs.append({"specification": " / ".join(str(a[c]) for c in shown),
                               "explainer_a": a["explainer"], "explainer_b": b["explainer"],
                               "same_map_finding": (a["map_finding_key"], _sign(a.get("map_effect")))
-                              == (b["map_finding_key"], _sign(b.get("map_effect"))) and bool(a["map_finding_key"]),
+                              == (b["map_finding_key"], _sign(b.get("map_effect"))),
                               **rho})
     return agrees, pd.DataFrame(pairs)
