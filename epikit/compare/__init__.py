@@ -7,7 +7,9 @@ folder under ``OUT/runs/``, made with the same configuration, seed and therefore
 grouped splits. Work is shared wherever a choice cannot affect it: the stages before a varying
 choice run once per combination of the choices made so far in ``OUT/shared/`` and are
 hard-linked into the later folders (every epikit writer replaces files by rename, so a shared
-file is never modified in place). The cost is printed before anything runs
+file is never modified in place); a run folder starts from its previous sibling (the same
+shared folder, other final choices), so the stage fingerprints redo only what differs and the
+biomarkers stage reuses its kept trust measurements across shell definitions. The cost is printed before anything runs
 (:mod:`epikit.compare.cost`). ``comparison.csv`` has one row per specification with its top
 (map) finding and the effect and image-level 95% interval of one fixed feature for intensity
 and for maps; ``specification_curve.json`` the two curves with their joint permutation tests
@@ -176,6 +178,7 @@ def compare_methods(
         announce(cost.describe())
     truth = Path(ground_truth) if ground_truth else None
     rows, values, done = [], [], set()
+    latest: dict[Path, Path] = {}  # per shared folder, the last run folder started from it
     for spec in grid.specifications():
         parent = None
         for folder, level in grid.folders(out, spec):
@@ -188,7 +191,10 @@ def compare_methods(
             parent = folder
         run_dir = out / "runs" / grid.name(spec)
         if parent is not None:
-            _seeded_from(parent, run_dir)
+            # From the previous sibling, if any: it differs only in the final stages' choices, so
+            # the pipeline redoes those, and the biomarkers stage finds its kept trust measurements.
+            _seeded_from(latest.get(parent, parent), run_dir)
+            latest[parent] = run_dir
         run_config = grid.spec_config(spec)
         run_pipeline(run_config, run_dir, progress=progress, executor=executor)
         rows.append({"name": grid.name(spec), **spec, **_row(run_dir, spec, truth)})

@@ -7,8 +7,8 @@ scaling, explanation target policy, shell definition). A specification is one va
 Work is shared wherever a choice cannot affect it: the stages before the first stage whose
 choice varies run once (folder ``shared/base``); then, at each stage where a choice varies,
 one folder per distinct combination of the choices made so far runs up to the stage before
-the next varying stage, and the final run folders (``runs/<name>``) start from those and run
-the rest. The pipeline's stage fingerprints make this safe: a folder started from another
+the next varying stage, and the final run folders (``runs/<name>``) start from those (see
+:func:`epikit.compare.compare_methods`) and run the rest. The pipeline's stage fingerprints make this safe: a folder started from another
 redoes every stage whose settings differ.
 """
 
