@@ -22,20 +22,21 @@ from epikit.io import read_json
 from epikit.runfolder import layout
 
 #: Seconds of one execution of each stage on the default demo (20 images of 256 x 256 px,
-#: ~280 nuclei, 64-px crops, default options, trust checks on), measured on 2 CPU cores
-#: shared with other work (bench/README.md, "Comparison grids"); plugin stages per plugin.
+#: ~295 nuclei, 198 cells, 64-px crops, default options, trust checks on), measured in the
+#: 2 x 2 x 2 demo grid of bench/README.md ("Comparison grids") on 2 CPU cores shared with other
+#: work (load 3-7), one thread; plugin stages per plugin (an unmeasured plugin counts as the
+#: slowest measured one). ``("biomarkers", "kept")``: a biomarkers stage that reuses the trust
+#: measurements of a sibling (another shell definition) or runs without trust checks.
 REFERENCE_SECONDS: dict[tuple[str, str], float] = {
-    ("segment", "maskrcnn"): 22.0,
     ("segment", "watershed"): 2.0,
-    ("segment", "cellpose"): 60.0,
-    ("extract", ""): 2.0,
-    ("train", "resnet10"): 120.0,
-    ("train", "cnn"): 30.0,
-    ("explain", "scorecam"): 60.0,
-    ("explain", "gradcam"): 5.0,
-    ("explain", "gradcampp"): 5.0,
-    ("biomarkers", ""): 60.0,
-    ("report", ""): 15.0,
+    ("segment", "maskrcnn"): 4.5,
+    ("extract", ""): 2.7,
+    ("train", "resnet10"): 190.0,
+    ("explain", "scorecam"): 47.0,
+    ("explain", "gradcam"): 1.3,
+    ("biomarkers", ""): 110.0,
+    ("biomarkers", "kept"): 5.0,
+    ("report", ""): 5.0,
 }
 REFERENCE_IMAGES = 20
 REFERENCE_CROP = 64
@@ -62,7 +63,7 @@ class CostEstimate:
                   "reference timings scaled to this input")
         return (f"grid: {self.runs} run(s); stage executions with sharing: {counts} "
                 f"({sum(self.executions.values())} instead of {unshared})\n"
-                f"estimated time: {self.seconds / 60:.1f} min ({source}; 2 CPU cores)")
+                f"estimated time: {self.seconds / 60:.1f} min ({source}, measured on 2 shared CPU cores)")
 
 
 def _key(stage: str, choices: dict[str, Any]) -> tuple[str, str, int]:
@@ -91,18 +92,24 @@ def estimate_cost(grid: Grid, out: Path, n_images: int) -> CostEstimate:
     """Runs, stage executions and estimated seconds of ``grid`` on ``n_images`` input images."""
     measured = measured_seconds(out)
     estimate = CostEstimate(runs=len(grid), executions={}, seconds=0.0)
+    trust = bool(grid.config["biomarkers"].get("trust", True))
     for position, stage in enumerate(STAGES):
         upstream = [a for a in AXES if a.position <= position]
         combinations = list(itertools.product(*(grid.values[a.name] for a in upstream)))
         estimate.executions[stage] = len(combinations)
-        total = 0.0
+        total, explained = 0.0, set()
         for combination in combinations:
             key = _key(stage, dict(zip((a.name for a in upstream), combination)))
             if key in measured:
                 total += measured[key]
                 estimate.measured += 1
                 continue
-            reference = REFERENCE_SECONDS.get(key[:2]) or max(
+            reference_key = key[:2]
+            if stage == "biomarkers":  # trust measured once per explanation, reused by its siblings
+                maps = combination[:len([a for a in upstream if a.position < position])]
+                reference_key = (stage, "" if trust and maps not in explained else "kept")
+                explained.add(maps)
+            reference = REFERENCE_SECONDS.get(reference_key) or max(
                 (s for (name, _), s in REFERENCE_SECONDS.items() if name == stage), default=0.0)
             crop_factor = (key[2] / REFERENCE_CROP) ** 2 if key[2] else 1.0
             total += reference * n_images / REFERENCE_IMAGES * crop_factor
