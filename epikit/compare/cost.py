@@ -23,20 +23,22 @@ from epikit.runfolder import layout
 
 #: Seconds of one execution of each stage on the default demo (20 images of 256 x 256 px,
 #: ~295 nuclei, 198 cells, 64-px crops, default options, trust checks on), measured in the
-#: 2 x 2 x 2 demo grid of bench/README.md ("Comparison grids") on 2 CPU cores shared with other
-#: work (load 3-7), one thread; plugin stages per plugin (an unmeasured plugin counts as the
-#: slowest measured one). ``("biomarkers", "kept")``: a biomarkers stage that reuses the trust
-#: measurements of a sibling (another shell definition) or runs without trust checks.
+#: 2 x 2 x 2 demo grid of bench/README.md ("Comparison grids": one thread, nice'd, on 2 CPU
+#: cores shared with other work at load 2-3); plugin stages per plugin (an unmeasured plugin
+#: counts as the slowest measured one). The biomarkers stage per explainer (its trust checks
+#: explain again with it), and ``"kept"``: reusing a sibling's trust measurements (another
+#: shell definition) or running without trust checks.
 REFERENCE_SECONDS: dict[tuple[str, str], float] = {
-    ("segment", "watershed"): 2.0,
-    ("segment", "maskrcnn"): 4.5,
-    ("extract", ""): 2.7,
-    ("train", "resnet10"): 190.0,
-    ("explain", "scorecam"): 47.0,
-    ("explain", "gradcam"): 1.3,
-    ("biomarkers", ""): 110.0,
-    ("biomarkers", "kept"): 5.0,
-    ("report", ""): 5.0,
+    ("segment", "watershed"): 0.8,
+    ("segment", "maskrcnn"): 2.3,
+    ("extract", ""): 1.1,
+    ("train", "resnet10"): 91.0,
+    ("explain", "scorecam"): 26.3,
+    ("explain", "gradcam"): 1.1,
+    ("biomarkers", "scorecam"): 94.0,
+    ("biomarkers", "gradcam"): 50.0,
+    ("biomarkers", "kept"): 0.8,
+    ("report", ""): 2.9,
 }
 REFERENCE_IMAGES = 20
 REFERENCE_CROP = 64
@@ -107,10 +109,12 @@ def estimate_cost(grid: Grid, out: Path, n_images: int) -> CostEstimate:
             reference_key = key[:2]
             if stage == "biomarkers":  # trust measured once per explanation, reused by its siblings
                 maps = combination[:len([a for a in upstream if a.position < position])]
-                reference_key = (stage, "" if trust and maps not in explained else "kept")
+                first = trust and maps not in explained
+                reference_key = (stage, str(dict(zip((a.name for a in upstream), combination))["explainer"])
+                                 if first else "kept")
                 explained.add(maps)
             reference = REFERENCE_SECONDS.get(reference_key) or max(
-                (s for (name, _), s in REFERENCE_SECONDS.items() if name == stage), default=0.0)
+                (s for (name, kind), s in REFERENCE_SECONDS.items() if name == stage and kind != "kept"), default=0.0)
             crop_factor = (key[2] / REFERENCE_CROP) ** 2 if key[2] else 1.0
             total += reference * n_images / REFERENCE_IMAGES * crop_factor
             estimate.referenced += 1
