@@ -83,7 +83,8 @@ def _curve_section(writer: FigureWriter, curves: dict[str, Any], source: str) ->
         return [html.element("h3", what), html.note("No specification has values for this feature (no maps?).")]
     test = curve["joint_test"]
     sign = {1: "positive", -1: "negative"}.get(curve["sign"], "no")
-    kind = "exact, all" if test["exact"] else "random"
+    relabellings = (f"exact, all {test['permutations']} relabellings" if test["exact"]
+                    else f"{test['permutations'] - 1} random relabellings and the observed one")
     verdict = ("rejects" if curve["rejects"] else "does not reject") + " no effect"
     figure = writer.save(specification_curve(curve, f"{SOURCE_LABELS[source]}: {condition} - {reference}"),
                          f"curve_{source}")
@@ -96,7 +97,7 @@ def _curve_section(writer: FigureWriter, curves: dict[str, Any], source: str) ->
             "(image-level bootstrap)."),
         html.paragraph(
             f"Joint test (condition labels of {test['n_images']} images permuted together for every "
-            f"specification, median effect recomputed; {kind} {test['permutations']} relabellings): "
+            f"specification, median effect recomputed; {relabellings}): "
             f"p = {html.format_value(test['p_value'], 3)}, which {verdict} at alpha = {curves.get('alpha', 0.05)}."),
         html.image(figure, f"{SOURCE_LABELS[source]} specification curve",
                    "Above: effect and 95% interval per specification, sorted. Below: the choices that made each."),
