@@ -5,9 +5,10 @@
 shell shares and their statistics (:mod:`epikit.analysis.biomarkers`; map rows compare the
 maps the target policy of :mod:`epikit.analysis.targets` puts side by side), the target-swap
 control of every map finding (:func:`target_swap_controls`, :mod:`epikit.analysis.target_swap`)
-and, with :func:`trust_checks`, the checks of :mod:`epikit.analysis.trust` for the primary
-view's maps (channel attribution, faithfulness, randomisation sanity, and a mask-only
-control model trained by :func:`train_mask_control`, explained for the same targets). It
+and, with :func:`epikit.biomarker_trust.trust_checks`, the checks of :mod:`epikit.analysis.trust`
+for the primary view's maps (channel attribution, faithfulness, randomisation sanity, and a
+mask-only control model, explained for the same targets; kept for reuse across shell
+definitions). It
 writes ``biomarkers.csv`` and the ``biomarkers``, ``findings``, ``channel_attribution`` and
 ``trust`` sections of ``metrics.json``.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,7 @@ import pandas as pd
 
 from epikit.analysis.biomarkers import (
     COLUMNS,
-    KEYS,
     SHELL_COLUMN_PREFIX,
-    compare_maps,
     comparison_maps,
     image_shares,
     map_shell_shares,
@@ -36,20 +34,12 @@ from epikit.analysis.biomarkers import (
     shell_profiles,
 )
 from epikit.design_analysis import analyse_design, design_findings
-from epikit.analysis.fold_maps import explain_cells
-from epikit.analysis.stats import IMAGE_TESTS, adjust_within_units, choose_reference, compare_conditions
+from epikit.analysis.stats import IMAGE_TESTS, choose_reference
 from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
 from epikit.analysis.targets import swapped
-from epikit.analysis.trust import (
-    attach_trust,
-    channel_attribution,
-    faithfulness_curves,
-    randomised_copy,
-    rank_correlation,
-    summarise_curves,
-    summarise_sanity,
-)
-from epikit.errors import ConfigError, DataError
+from epikit.analysis.trust import attach_trust
+from epikit.biomarker_trust import explain_by_fold, trust_checks
+from epikit.errors import ConfigError
 from epikit.io.store import write_csv
 from epikit.options import BiomarkerOptions
 from epikit.analysis.radial import is_interval_region
@@ -57,17 +47,13 @@ from epikit.radial_biomarkers import radial_biomarkers
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
 from epikit.runfolder.crops import read_masks
-from epikit.runfolder.layout import BIOMARKERS, MAPS, METRICS
+from epikit.runfolder.layout import BIOMARKERS, MAPS
 from epikit.runfolder.maps import StoredMaps, read_map_sets
-from epikit.runfolder.metrics import read_metrics, update_metrics
+from epikit.runfolder.metrics import update_metrics
 from epikit.runfolder.models import load_fold_models
 from epikit.runfolder.rows import cell_rows
-from epikit.training.cross_validation import cross_validate
-from epikit.options import TrainingOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
-
     from epikit.distributed import Executor
 
 
@@ -233,7 +219,7 @@ def target_swap_controls(run_dir: Path, dataset: CellDataset, stored: dict[str, 
         view_data = CellDataset(run_dir, channels=maps.attrs["channel_names"])
         rows = cell_rows(view_data.table["cell_id"], [maps.cell_ids[p] for p in positions], "stale maps")
         explainer = get_explainer(str(maps.attrs["explainer"]), **dict(maps.attrs.get("params") or {}))
-        swapped_maps = _explain_by_fold(explainer, load_fold_models(run_dir, view=view),
+        swapped_maps = explain_by_fold(explainer, load_fold_models(run_dir, view=view),
                                         view_data.load_crops(rows), other, maps.fold[positions])
         part = StoredMaps(view, swapped_maps, [maps.cell_ids[p] for p in positions], maps.crop_index[positions],
                           maps.fold[positions], other, maps.attrs)
@@ -251,154 +237,3 @@ def _crops_if_needed(dataset: Any, cells: pd.DataFrame, n_shells: int, method: s
     if not needed:
         return None, None
     return dataset.load_crops(), read_masks(dataset.store_path, cells["crop_index"].to_numpy())
-
-
-@dataclass
-class MaskControl:
-    """Classifiers trained on the nucleus masks alone, one per fold, and their scores."""
-
-    models: dict[int, nn.Module]
-    fold: np.ndarray
-    accuracy: float
-    metrics: dict[str, Any]
-
-
-def train_mask_control(run_dir: str | Path, epochs: int | None = None, seed: int | None = None) -> MaskControl:
-    """Cross-validate the run's classifier recipe on mask-only crops (1 channel: inside = 1).
-
-    Uses the classifier, parameters, split, folds and training options recorded in
-    ``metrics.json["classification"]`` (``epochs`` overrides the number of epochs), so the
-    control differs from the real model only in its input.
-    """
-    run_dir = Path(run_dir)
-    recipe = read_metrics(run_dir).get("classification")
-    if not recipe:
-        raise DataError(f"{run_dir / METRICS} has no classification entry; train first")
-    options = dict(recipe.get("training") or {})
-    options["progress"] = False
-    if epochs is not None:
-        options["epochs"] = epochs
-    if seed is not None:
-        options["seed"] = seed
-    dataset = CellDataset(run_dir)
-    masks = read_masks(dataset.store_path, dataset.table["crop_index"].to_numpy())
-    cv = cross_validate(
-        masks[:, None].astype(np.float32), dataset.labels, dataset.groups, dataset.classes,
-        recipe.get("classifier", "resnet10"), recipe.get("params") or {},
-        split=recipe.get("split", "group"), folds=int(recipe.get("folds_requested", 5)),
-        options=TrainingOptions.from_mapping(options),
-        image_ids=dataset.table["image_id"].to_numpy(), description="mask control",
-    )
-    return MaskControl({k: t.model.eval() for k, t in cv.models.items()}, cv.fold,
-                       float(cv.metrics.get("accuracy", float("nan"))), cv.metrics)
-
-
-def _subset(conditions: np.ndarray, per_condition: int, seed: int) -> np.ndarray:
-    """Up to ``per_condition`` positions per condition (seeded), in order."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for condition in sorted(set(conditions)):
-        members = np.flatnonzero(conditions == condition)
-        if len(members) > per_condition:
-            members = rng.choice(members, per_condition, replace=False)
-        chosen.append(members)
-    return np.sort(np.concatenate(chosen))
-
-
-def _explain_by_fold(explainer: Any, models: dict[int, nn.Module], crops: np.ndarray,
-                     targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Maps of ``crops``, each cell explained by the model of its fold."""
-    maps, _ = explain_cells(models, crops, folds, targets, explainer)
-    return maps
-
-
-def trust_checks(
-    run_dir: str | Path,
-    stored: StoredMaps,
-    reference: str,
-    seed: int = 0,
-    alpha: float = 0.05,
-    trust_cells: int = BiomarkerOptions.trust_cells,
-    control_epochs: int | None = BiomarkerOptions.control_epochs,
-    explainers: Any = None,
-    shell_method: str = "scaled",
-    image_test: str = "permutation",
-    steps: int = 16,
-) -> dict[str, Any]:
-    """Run every trust check for one view's stored maps.
-
-    Channel attribution uses every explained cell; faithfulness and the sanity check use up
-    to ``trust_cells`` per condition; the mask-edge control explains every explained cell
-    with mask-only models and compares conditions with the same shell statistic.
-    """
-    run_dir = Path(run_dir)
-    dataset = CellDataset(run_dir, channels=stored.attrs["channel_names"])
-    rows = cell_rows(dataset.table["cell_id"], stored.cell_ids,
-                     f"{run_dir / MAPS} explains cells that cells.parquet lacks; re-run explain")
-    cells = dataset.table.iloc[rows]
-    conditions = cells["condition"].astype(str).to_numpy()
-    crops = dataset.load_crops(rows)
-    masks = read_masks(dataset.store_path, stored.crop_index)
-    models = load_fold_models(run_dir, view=stored.view)
-    name, params = str(stored.attrs["explainer"]), dict(stored.attrs.get("params") or {})
-    n_shells = int(dataset.attrs.get("n_shells", 5))
-
-    drops = np.empty((len(rows), crops.shape[1]))
-    for fold in np.unique(stored.fold):
-        at = stored.fold == fold
-        drops[at] = channel_attribution(models[int(fold)], crops[at], masks[at], stored.target[at])
-    attribution = {
-        condition: {channel: float(drops[conditions == condition, c].mean())
-                    for c, channel in enumerate(dataset.channel_names)}
-        for condition in sorted(set(conditions))
-    }
-
-    subset = _subset(conditions, trust_cells, seed)
-    sub_folds, sub_targets = stored.fold[subset], stored.target[subset]
-    faithfulness = {}
-    for method in dict.fromkeys([name, *(explainers or ("gradcam", "gradcampp"))]):
-        if method == name:
-            maps = stored.maps[subset]
-        else:
-            maps = _explain_by_fold(get_explainer(method), models, crops[subset], sub_targets, sub_folds)
-        parts = [faithfulness_curves(models[int(f)], crops[subset][sub_folds == f], masks[subset][sub_folds == f],
-                                     maps[sub_folds == f], sub_targets[sub_folds == f], steps, seed)
-                 for f in np.unique(sub_folds)]
-        faithfulness[method] = summarise_curves({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-
-    randomised = {int(f): randomised_copy(m, seed + int(f)) for f, m in models.items()}
-    random_maps = _explain_by_fold(get_explainer(name, **params), randomised, crops[subset], sub_targets, sub_folds)
-    sanity = summarise_sanity(rank_correlation(stored.maps[subset], random_maps, masks[subset]))
-    sanity["explainer"] = name
-
-    control = train_mask_control(run_dir, epochs=control_epochs or None, seed=seed)
-    control_fold = control.fold[rows]
-    tested = control_fold >= 0
-    control_maps = _explain_by_fold(get_explainer(name, **params), control.models,
-                                    masks[tested][:, None].astype(np.float32), stored.target[tested],
-                                    control_fold[tested])
-    shares = map_shell_shares(control_maps, masks[tested], n_shells, shell_method)
-    long = shares_table(cells[tested], shares, "map", name, "mask",
-                        np.asarray(stored.attrs["classes"], dtype=object)[stored.target[tested]])
-    rows_out = adjust_within_units(compare_maps(
-        long, str(stored.attrs.get("target", "predicted")), reference,
-        lambda rows: compare_conditions(rows, keys=list(KEYS), reference=reference, image_test=image_test,
-                                        units=("image",), seed=seed)))
-    mask_control = {
-        "accuracy": control.accuracy,
-        "explainer": name,
-        "n_cells": int(tested.sum()),
-        "targets": "the stored maps' (the same class per cell)",
-        "rows": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-                 for r in rows_out[["region", "target", "condition", "reference", "effect", "cliffs_delta",
-                                    "p_value", "q_value", "n_condition", "n_reference"]].to_dict("records")],
-    }
-    return {
-        "view": stored.view,
-        "channel_attribution": attribution,
-        "faithfulness": faithfulness,
-        "sanity": sanity,
-        "mask_control": mask_control,
-        "alpha": alpha,
-        "cells": {"attribution": int(len(rows)), "faithfulness_and_sanity": int(len(subset))},
-    }

@@ -292,6 +292,30 @@ class PowerOptions:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    """``epikit compare``: the compared feature and its statistics, and the size guard.
+
+    ``feature``: ``CHANNEL:REGION`` whose effect every specification estimates, for the
+    image channel and for the maps (``""``: ``rim_vs_centre`` of the first non-nuclear
+    channel); ``condition``: compared with the reference (``""``: the first other condition);
+    ``resamples``: image-level bootstrap replicates of each interval; ``permutations``: of the
+    joint test (exact when fewer relabellings exist); ``max_runs``: refuse larger grids.
+    """
+
+    feature: str = ""
+    condition: str = ""
+    resamples: int = 2000
+    permutations: int = 2000
+    alpha: float = 0.05
+    max_runs: int = 32
+
+    def __post_init__(self) -> None:
+        if self.resamples < 100 or self.permutations < 20 or self.max_runs < 1:
+            raise ConfigError(f"need resamples >= 100, permutations >= 20 and max_runs >= 1 "
+                              f"(got {self.resamples}, {self.permutations}, {self.max_runs})")
+
+
 #: The options of each stage, in the order the stages run (plus the demo input).
 STAGE_OPTIONS: dict[str, type] = {
     "segment": SegmentOptions,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from epikit.report import build_report
 from epikit.report.figures import safe_name
 from epikit.report.html import Markup, element, escape
 from epikit.report.summaries import roc_points
+
+from browser import chromium, rendered_dom
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_CHANNEL = "<img src=x onerror=alert(2)>"
@@ -424,46 +425,12 @@ def test_roc_points_match_the_mann_whitney_auc():
         roc_points(np.ones(4, bool), np.arange(4.0))
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (CI: apt-get install -y chromium)")
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (CI: apt-get install -y chromium)")
 @pytest.mark.parametrize("run_fixture", ["full_run", "real_run"])
 def test_report_in_headless_chromium(run_fixture, request, tmp_path):
-    """Every image loads in a real browser and nothing from user data runs as script.
-
-    A copy of the report beside it gets a small instrumentation script: it records each
-    image's naturalWidth after load and turns alert() into a DOM attribute. The copy keeps
-    the report's Content-Security-Policy except that inline scripts are allowed, so the
-    check relies on the escaping, not on the policy.
-    """
+    """Every image loads in a real browser and nothing from user data runs as script (see tests/browser.py)."""
     run = request.getfixturevalue(run_fixture)
-    text = (run / "report.html").read_text(encoding="utf-8")
-    policy = "default-src &#x27;none&#x27;;"
-    assert policy in text
-    probe = ("<script>window.alert=function(m){document.documentElement.setAttribute('data-alerted',String(m))};"
-             "window.addEventListener('load',function(){for(const i of document.images){"
-             "i.setAttribute('data-width',String(i.complete?i.naturalWidth:0))}"
-             "document.documentElement.setAttribute('data-checked',String(document.images.length))})</script>")
-    harness = text.replace(policy, policy + " script-src &#x27;unsafe-inline&#x27;;", 1).replace("<head>", "<head>" + probe, 1)
-    copy = run / "browser-check.html"
-    copy.write_text(harness, encoding="utf-8")
-    try:
-        result = subprocess.run(
-            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-             copy.as_uri()], capture_output=True, text=True, timeout=90)
-    finally:
-        copy.unlink()
-    dom = result.stdout
-    assert result.returncode == 0, result.stderr[-2000:]
-    checked = re.search(r'data-checked="(\d+)"', dom)
-    assert checked is not None, "the page's load handler did not run"
-    widths = re.findall(r'<img[^>]*data-width="(\d+)"', dom)
-    assert len(widths) == int(checked.group(1)) == len(_parse(run / "report.html").images)
-    assert all(int(w) > 0 for w in widths), widths
-    assert 'data-alerted="' not in dom
+    dom = rendered_dom(run / "report.html", tmp_path / "profile")
+    assert len(re.findall(r'<img[^>]*data-width="', dom)) == len(_parse(run / "report.html").images)
     hostile = HOSTILE if run_fixture == "full_run" else HOSTILE_CONDITION
     assert escape(hostile) in dom

@@ -147,6 +147,22 @@ def test_trust_checks_on_a_run_folder(tmp_path):
         assert "flags" in finding["trust"] and "top_channel" in finding["trust"]
         if finding["source"] == "map":
             assert {"mask_control", "faithfulness", "sanity"} <= set(finding["trust"])
+    # Another shell definition reuses the shell-independent measurements kept in the scratch
+    # (not recomputed: the kept file is untouched) and retests only the control's shell shares.
+    kept = list((run / ".epikit" / "scratch" / "biomarkers").glob("*/trust.json"))
+    assert len(kept) == 1
+    written = kept[0].stat().st_mtime_ns
+    biomarker_run(run, trust=True, trust_cells=6, control_epochs=1, explainers=["gradcampp"], shell_method="distance")
+    again = json.loads((run / "metrics.json").read_text())["trust"]
+    assert kept[0].stat().st_mtime_ns == written
+    for key in ("faithfulness", "sanity", "cells"):
+        assert again[key] == trust[key]
+    assert again["mask_control"]["accuracy"] == control["accuracy"]
+    assert again["mask_control"]["rows"] != control["rows"]  # distance shells: other shares
+    # Other trust settings are other measurements: the stale ones are removed.
+    biomarker_run(run, trust=True, trust_cells=5, control_epochs=1, explainers=["gradcampp"])
+    now = [p.parent.name for p in (run / ".epikit" / "scratch" / "biomarkers").glob("*/trust.json")]
+    assert len(now) == 1 and now[0] != kept[0].parent.name
 
 
 def test_sanity_maps_of_a_random_network_differ_from_a_trained_one():

@@ -13,11 +13,11 @@
   the trained network's maps; the Spearman rank correlation inside the nucleus is reported.
 * :func:`attach_trust`: each finding with its checks and flags. The mask-edge control (a
   classifier of the run's recipe trained on the nucleus masks alone, whose maps show what a
-  shape/edge-only model attends to; :func:`epikit.biomarker_stage.train_mask_control`) flags
+  shape/edge-only model attends to; :func:`epikit.biomarker_trust.train_mask_control`) flags
   a rim finding it reproduces as a possible edge artefact.
 
 Pure functions on models, crops and masks: the run-folder orchestration is
-:func:`epikit.biomarker_stage.trust_checks`.
+:func:`epikit.biomarker_trust.trust_checks`.
 """
 
 from __future__ import annotations

@@ -41,6 +41,14 @@ REPORT = "report.html"
 FIGURES = "figures"
 DEMO_INPUT = "demo_input"
 
+# The comparison folder of ``epikit compare`` (beside its runs/ and shared/ run folders).
+#: One row per specification: scores, findings, the compared feature's effects and intervals.
+COMPARISON_TABLE = "comparison.csv"
+#: The intensity and map specification curves with their summaries and joint tests.
+SPECIFICATION_CURVE = "specification_curve.json"
+#: Runs differing only in the explainer: same top map finding? maps' rank correlation per cell.
+EXPLAINER_AGREEMENT = "explainer_agreement.csv"
+
 #: Hidden folder for bookkeeping and resume scratch.
 STATE_DIR = Path(".epikit")
 #: Stage fingerprints of ``epikit run``.
