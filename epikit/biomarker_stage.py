@@ -36,7 +36,7 @@ from epikit.analysis.biomarkers import (
 from epikit.design_analysis import analyse_design, design_findings
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference
 from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
-from epikit.analysis.targets import swapped
+from epikit.analysis.targets import check_maps_reference, swapped
 from epikit.analysis.trust import attach_trust
 from epikit.biomarker_trust import explain_by_fold, trust_checks
 from epikit.errors import ConfigError
@@ -111,8 +111,9 @@ def biomarker_run(
     n_shells = int(dataset.attrs.get("n_shells", 5))
     map_sets = read_map_sets(run_dir) if maps else []
     policy = str(map_sets[0].attrs.get("target", "predicted")) if map_sets else ""
-    reference = choose_reference(cells["condition"].astype(str).unique(),
-                                 reference or (map_sets[0].attrs.get("reference") if map_sets else None) or None)
+    maps_reference = str(map_sets[0].attrs.get("reference") or "") if map_sets else ""
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference or maps_reference or None)
+    check_maps_reference(policy, maps_reference, reference, str(run_dir / MAPS))
     frames = []
     map_long: dict[str, pd.DataFrame] = {}
     for stored in map_sets:

@@ -48,6 +48,26 @@ STAGE_MODULES: dict[str, str] = {
 }
 
 
+def resolve_references(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with one reference condition for explain and biomarkers.
+
+    An empty ``explain.reference`` takes ``biomarkers.reference``, so the maps are explained
+    against the condition the statistics compare with (and a changed ``biomarkers.reference``
+    changes the explain fingerprint). Raises :class:`ConfigError` when both are set, differ
+    and the explain target policy pairs each condition with the reference (contrast, own).
+    """
+    from epikit.analysis.targets import PAIRED_POLICIES
+
+    explain, biomarkers = config["explain"], config["biomarkers"]
+    chosen, wanted = str(explain.get("reference") or ""), str(biomarkers.get("reference") or "")
+    if chosen and wanted and chosen != wanted and explain.get("target") in PAIRED_POLICIES:
+        raise ConfigError(f"explain.reference {chosen!r} differs from biomarkers.reference {wanted!r}; "
+                          "set one of them (an empty explain.reference follows [biomarkers])")
+    if chosen or not wanted:
+        return config
+    return {**config, "explain": {**explain, "reference": wanted}}
+
+
 def stage_options(stage: str, config: dict[str, Any], records: Sequence[ImageRecord]) -> Any:
     """The options dataclass of ``stage``: its config table, plus the run's seed and images where it takes them."""
     options = STAGE_OPTIONS[stage]
@@ -152,6 +172,7 @@ def run_pipeline(
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"unknown stage {stop_after!r}; stages: {', '.join(STAGES)}")
     _validate_plugins(config)
+    staged = resolve_references(config)  # what the stages run with (config.toml keeps what was asked)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
     state: dict[str, Any] = {} if force else read_json(state_path, default={})
@@ -184,7 +205,7 @@ def run_pipeline(
     }
     for stage in STAGES:
         # Chained fingerprints: a change upstream changes every later fingerprint too.
-        fingerprint = upstream = section_hash(config[stage], upstream)
+        fingerprint = upstream = section_hash(staged[stage], upstream)
         previous = state.get(stage, {})
         if previous.get("hash") != fingerprint or not previous.get("done"):
             if previous.get("hash") != fingerprint:
@@ -192,7 +213,7 @@ def run_pipeline(
             state[stage] = {"hash": fingerprint, "done": False}
             write_json(state_path, state)
             started = time.perf_counter()
-            summary = run_stage(stage, run_dir, stage_options(stage, config, records),
+            summary = run_stage(stage, run_dir, stage_options(stage, staged, records),
                                 executor=executor, progress=progress)
             state[stage] = {"hash": fingerprint, "done": True, "summary": summary,
                             "seconds": round(time.perf_counter() - started, 3)}
