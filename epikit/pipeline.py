@@ -140,6 +140,28 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def stage_fingerprints(config: dict[str, Any], records: Sequence[ImageRecord],
+                       sha256: Sequence[str]) -> dict[str, str]:
+    """Each stage's fingerprint: its options chained onto everything upstream of it.
+
+    Upstream of every stage: each image's id, labels, channels and content (``sha256``, one
+    per record) and how it was read, not where it lies, so a moved input folder or a copied
+    run folder (with its demo input) resumes. From extract on, also each image's manifest
+    metadata (replicate, dose, plate...), which becomes cell columns: editing it re-runs
+    extraction and what follows, not segmentation.
+    """
+    upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), digest)
+                             for r, digest in zip(records, sha256)], config["channels"], config["seed"],
+                            config["read"], [(r.z, r.pixel_size_um, r.scene) for r in records])
+    design = [dict(sorted(r.metadata.items())) for r in records]
+    fingerprints = {}
+    for stage in STAGES:
+        if stage == "extract" and any(design):  # runs without metadata keep their fingerprints
+            upstream = section_hash(upstream, design)
+        fingerprints[stage] = upstream = section_hash(config[stage], upstream)
+    return fingerprints
+
+
 def reading_summary(reading: ReadOptions, records: Sequence[ImageRecord]) -> dict[str, Any]:
     """How the inputs were read, for the manifest and the report: Z projection, pixel size, channels."""
     size = records[0].pixel_size_um if records else None
@@ -187,11 +209,7 @@ def run_pipeline(
     inputs = [{**record_dict(r), "sha256": record_sha256(r)} for r in records]
     (run_dir / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
 
-    # What the outputs depend on: each image's id, labels, channels and content, not where it
-    # lies, so a moved input folder or a copied run folder (with its demo input) resumes.
-    upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), i["sha256"])
-                             for r, i in zip(records, inputs)], config["channels"], config["seed"],
-                            config["read"], [(r.z, r.pixel_size_um, r.scene) for r in records])
+    fingerprints = stage_fingerprints(staged, records, [i["sha256"] for i in inputs])
     manifest: dict[str, Any] = {
         **_environment(),
         "plugins": _plugin_provenance(config),
@@ -204,8 +222,7 @@ def run_pipeline(
         "stages": {},
     }
     for stage in STAGES:
-        # Chained fingerprints: a change upstream changes every later fingerprint too.
-        fingerprint = upstream = section_hash(staged[stage], upstream)
+        fingerprint = fingerprints[stage]  # chained: a change upstream changes every later one
         previous = state.get(stage, {})
         if previous.get("hash") != fingerprint or not previous.get("done"):
             if previous.get("hash") != fingerprint:
