@@ -228,3 +228,31 @@ def test_fixed_width_rings_of_a_disc():
     assert ring_width_pixels(0.5, 0.25) == 2.0
     with pytest.raises(ConfigError, match="ring_width_um=0.5 needs .* pass --pixel-size"):
         ring_width_pixels(0.5, None)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("B01,vpa,abc", r"layout.csv \(well B01\) has dose 'abc'; give a number >= 0"),
+    ("B01,vpa,-1", r"layout.csv \(well B01\) has dose '-1'; give a number >= 0"),
+    ("B01,vpa/2,2", r"layout.csv \(well B01\): condition 'vpa/2' is not a usable name"),
+])
+def test_layout_labels_are_checked_like_a_manifest_s(tmp_path, row, message):
+    """A plate's and a --pattern's layout CSV: a bad dose or condition stops at discovery, naming the layout."""
+    plate = write_plate(tmp_path / "p1.zarr", {("A", "1"): [blobs(0)[:, None]], ("B", "1"): [blobs(1)[:, None]]},
+                        NAMES, 0.2)
+    layout = tmp_path / "layout.csv"
+    layout.write_text(f"well,condition,dose\nA01,ctrl,0\n{row}\n")
+    with pytest.raises(InputError, match=message) as error:
+        find_images(plate, reading=ReadOptions(layout=str(layout)))
+    assert "\n" not in str(error.value)
+    for prefix, seed in (("A01_s1", 0), ("B01_s1", 1)):
+        write_channel_files(tmp_path / "export", prefix, seed)
+    reading = ReadOptions(pattern="{well}_{field}_w{channel}.tif", layout=str(layout))
+    with pytest.raises(InputError, match=r"B01_s1_w1.tif \(layout .*layout.csv, well B01\)"):
+        find_images(tmp_path / "export", reading=reading)
+
+
+def test_a_dose_in_a_pattern_field_is_checked(tmp_path):
+    for prefix, seed in (("ctrl_0", 0), ("vpa_x2", 1)):
+        write_channel_files(tmp_path / "export", prefix, seed)
+    with pytest.raises(InputError, match=r"vpa_x2_w1.tif has dose 'x2'; give a number >= 0"):
+        find_images(tmp_path / "export", reading=ReadOptions(pattern="{condition}_{dose}_w{channel}.tif"))

@@ -114,11 +114,13 @@ def pattern_entries(folder: Path, pattern: str, channels: list[str] | tuple[str,
             raise InputError(f"{some}: the field {'_'.join(values.values()) or some.stem} lacks channel(s) "
                              f"{', '.join(missing)}; add the files or list only present channels in --channels")
         metadata = dict(values)
+        paths = tuple(by_channel[v] for v in values_)
+        origin = str(paths[0])
         if layout is not None and "well" in values:
             metadata.update({k: v for k, v in layout_row(layout, layout_path, values["well"], folder).items()
                              if k != "condition"})
+            origin += f" (layout {layout_path}, well {values['well']})"
         group = "/".join(filter(None, (values.get("plate"), values.get("well")))) or None
-        paths = tuple(by_channel[v] for v in values_)
         entries.append(InputEntry(paths[0], condition, group, metadata, paths,
-                                  name="_".join(values.values()) or paths[0].stem))
+                                  name="_".join(values.values()) or paths[0].stem, origin=origin))
     return entries, names
