@@ -34,7 +34,7 @@ from epikit.analysis.biomarkers import (
     shell_profiles,
 )
 from epikit.design_analysis import analyse_design, design_findings
-from epikit.analysis.stats import IMAGE_TESTS, choose_reference
+from epikit.analysis.stats import IMAGE_TESTS, choose_reference, condition_doses
 from epikit.analysis.target_swap import (
     TARGET_DRIVEN,
     attach_target_swap,
@@ -118,7 +118,8 @@ def biomarker_run(
     map_sets = read_map_sets(run_dir) if maps else []
     policy = str(map_sets[0].attrs.get("target", "predicted")) if map_sets else ""
     maps_reference = str(map_sets[0].attrs.get("reference") or "") if map_sets else ""
-    reference = choose_reference(cells["condition"].astype(str).unique(), reference or maps_reference or None)
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference or maps_reference or None,
+                                 condition_doses(cells))
     check_maps_reference(policy, maps_reference, reference, str(run_dir / MAPS))
     frames = []
     map_long: dict[str, pd.DataFrame] = {}

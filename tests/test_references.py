@@ -7,8 +7,11 @@ biomarkers' reference and the biomarkers stage refuses maps explained against an
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from epikit.analysis.stats import choose_reference, condition_doses
 from epikit.biomarker_stage import biomarker_run
 from epikit.config import default_config, merge_config
 from epikit.errors import ConfigError
@@ -44,3 +47,27 @@ def test_biomarkers_refuse_contrast_maps_explained_against_another_reference(tmp
     with pytest.raises(ConfigError, match="explained against reference 'ctrl'.*--reference vpa") as error:
         biomarker_run(run, reference="vpa", trust=False, target_swap=False)
     assert "\n" not in str(error.value)
+
+
+def test_the_default_reference_is_the_lowest_dose():
+    conditions = ["vehicle", "low", "high"]
+    assert choose_reference(conditions) == "high"  # alphabetical first: why doses must count
+    assert choose_reference(conditions, doses={"vehicle": 0.0, "low": 1.0, "high": 3.0}) == "vehicle"
+    assert choose_reference(conditions, "low", doses={"vehicle": 0.0, "low": 1.0, "high": 3.0}) == "low"
+    # several at the lowest dose: the control-like one among them, else ask for a name
+    assert choose_reference(["DMSO", "mock_b", "vpa"], doses={"DMSO": 0, "mock_b": 0, "vpa": 2}) == "DMSO"
+    with pytest.raises(ConfigError, match="conditions a, b share the lowest dose 0; name the reference"):
+        choose_reference(["a", "b", "c"], doses={"a": 0.0, "b": 0.0, "c": 1.0})
+    table = pd.DataFrame({"condition": ["high", "high", "low", "vehicle"], "dose": [3.0, 4.0, 1.0, np.nan]})
+    assert condition_doses(table) == {"high": 3.0, "low": 1.0}
+    assert condition_doses(table.drop(columns="dose")) is None
+
+
+def test_explain_and_biomarkers_default_to_the_lowest_dose_of_the_cells(tmp_path):
+    run = build_tiny_run(tmp_path, n_fields=2, epochs=1)
+    cells = pd.read_parquet(run / "cells.parquet")
+    cells["dose"] = np.where(cells["condition"] == "vpa", 0.0, 1.0)  # vpa is the vehicle here
+    cells.to_parquet(run / "cells.parquet")
+    summary = explain_run(run, "gradcam", max_cells=4, progress=False)
+    assert summary["reference"] == "vpa" and summary["views"]["all"]["per_target"] == {"ctrl": 8}
+    assert biomarker_run(run, trust=False, target_swap=False)["reference"] == "vpa"
