@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 
 from epikit.errors import DataError, InputError
 from epikit.io.bioio_reader import PLUGINS
-from epikit.io.channel_files import channel_columns, channel_names_of, pattern_entries
+from epikit.io.channel_files import channel_columns, channel_names_of, natural_key, pattern_entries
 from epikit.io.images import IMAGE_SUFFIXES, ImageInfo
 from epikit.io.omezarr import ZARR_SUFFIX, is_plate
 from epikit.io.plates import plate_entries
 from epikit.io.record import ImageRecord, InputEntry
-from epikit.io.sources import check_same_shape, probe_source
+from epikit.io.sources import check_same_shape, probe_scenes, probe_source
 from epikit.io.zstack import check_plane, parse_z
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,15 +94,11 @@ class SkippedFile:
     reason: str
 
 
-def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
 def _image_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir()
              if not p.name.startswith(".") and p.suffix.lower() in INPUT_SUFFIXES
              and (p.is_file() or p.suffix.lower() == ZARR_SUFFIX)]
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _stem(path: Path) -> str:
@@ -198,8 +194,7 @@ def _probe(entry: InputEntry) -> list[ImageInfo]:
         sizes = [i.pixel_size_um for i in infos if i.pixel_size_um]
         first = infos[0]
         return [replace(first, shape=(len(infos),) + first.shape[1:], pixel_size_um=sizes[0] if sizes else None)]
-    first = probe_source(entry.path)
-    return [first] + [probe_source(entry.path, k) for k in range(1, first.n_scenes)]
+    return probe_scenes(entry.path)
 
 
 def _channel_index(channel: int | str, names: tuple[str, ...]) -> int:
