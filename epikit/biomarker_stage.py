@@ -34,9 +34,14 @@ from epikit.analysis.biomarkers import (
     shell_profiles,
 )
 from epikit.design_analysis import analyse_design, design_findings
-from epikit.analysis.stats import IMAGE_TESTS, choose_reference
-from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
-from epikit.analysis.targets import swapped
+from epikit.analysis.stats import IMAGE_TESTS, choose_reference, condition_doses
+from epikit.analysis.target_swap import (
+    TARGET_DRIVEN,
+    attach_target_swap,
+    shared_target_control,
+    target_swap_control,
+)
+from epikit.analysis.targets import check_maps_reference, side_targets, swapped
 from epikit.analysis.trust import attach_trust
 from epikit.biomarker_trust import explain_by_fold, trust_checks
 from epikit.errors import ConfigError
@@ -81,9 +86,10 @@ def biomarker_run(
 ) -> dict[str, Any]:
     """Shell statistics of maps and images -> ``biomarkers.csv`` + metrics; returns the summary.
 
-    ``reference``: the reference condition (``""`` or None: the maps' reference, else a
-    control-like name, else the first). ``target_swap``: explain the cells of every map
-    finding for the other class of its comparison too and flag findings whose effect the
+    ``reference``: the reference condition (``""`` or None: the maps' reference, else
+    :func:`~epikit.analysis.stats.choose_reference`'s); contrast/own maps explained against
+    another reference are refused. ``target_swap``: explain the cells of every map finding
+    whose sides differ in target for the other class too and flag findings whose effect the
     target alone could make (:mod:`epikit.analysis.target_swap`). ``trust``: run the trust checks (:mod:`epikit.analysis.trust` via
     :func:`trust_checks`): channel attribution, mask-edge
     control (trains the run's classifier on masks for ``control_epochs`` epochs; 0 or None: as
@@ -111,8 +117,10 @@ def biomarker_run(
     n_shells = int(dataset.attrs.get("n_shells", 5))
     map_sets = read_map_sets(run_dir) if maps else []
     policy = str(map_sets[0].attrs.get("target", "predicted")) if map_sets else ""
-    reference = choose_reference(cells["condition"].astype(str).unique(),
-                                 reference or (map_sets[0].attrs.get("reference") if map_sets else None) or None)
+    maps_reference = str(map_sets[0].attrs.get("reference") or "") if map_sets else ""
+    reference = choose_reference(cells["condition"].astype(str).unique(), reference or maps_reference or None,
+                                 condition_doses(cells))
+    check_maps_reference(policy, maps_reference, reference, str(run_dir / MAPS))
     frames = []
     map_long: dict[str, pd.DataFrame] = {}
     for stored in map_sets:
@@ -206,12 +214,17 @@ def target_swap_controls(run_dir: Path, dataset: CellDataset, stored: dict[str, 
     """Per (view, condition) of a map finding, its target-swap control (a function of the finding).
 
     The maps the comparison used are explained again, by the same fold models, for the other
-    class of the comparison (:func:`epikit.analysis.targets.swapped`).
+    class of the comparison (:func:`epikit.analysis.targets.swapped`), unless both sides were
+    explained for one class (:func:`epikit.analysis.target_swap.shared_target_control`).
     """
     controls: dict[tuple[str, str], Any] = {}
     shell_findings = [f for f in findings if f["source"] == "map" and not is_interval_region(f["region"])]
     for view, condition in sorted({(f["channel"], f["condition"]) for f in shell_findings}):
         maps, reference = stored[view], next(f["reference"] for f in shell_findings if f["condition"] == condition)
+        ours, theirs = side_targets(policy or "contrast", condition, reference)
+        if ours is not None and ours == theirs:
+            controls[(view, condition)] = lambda finding, target=ours: shared_target_control(finding, target)
+            continue
         used = comparison_maps(long[view], policy or "contrast", condition, reference)
         positions = np.unique(used["map_row"].to_numpy())
         classes = list(maps.attrs["classes"])

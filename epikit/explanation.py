@@ -30,7 +30,7 @@ import pandas as pd
 
 from epikit.distributed import PluginSpec, process_cache, resolve_plugin
 from epikit.analysis.fold_maps import merge_info
-from epikit.analysis.stats import choose_reference
+from epikit.analysis.stats import choose_reference, condition_doses
 from epikit.analysis.targets import check_target, plan_targets
 from epikit.config import section_hash
 from epikit.errors import ConfigError, DataError
@@ -217,8 +217,8 @@ def explain_run(
     ``explainer``/``params``: a registered explainer and its parameters. ``cells``,
     ``max_cells``, ``seed``: which cells (see :func:`select_cells`). ``target``: the target
     policy (``contrast``, ``own``, ``predicted``) or a class name, and ``reference`` the
-    reference condition of ``contrast`` (see :mod:`epikit.analysis.targets`; ``""``: a
-    control-like name, else the first). ``views``: trained views to explain (default all).
+    reference condition of ``contrast`` (see :mod:`epikit.analysis.targets`; ``""``: the
+    lowest dose's when the cells carry doses, else a control-like name, else the first). ``views``: trained views to explain (default all).
     ``average``: also store aligned average maps per condition. Returns (and writes to
     ``metrics.json["explanation"]``) a summary: cells per view and condition, seconds,
     explainer details.
@@ -245,7 +245,7 @@ def explain_run(
     wanted = _wanted_views(views, list(trained["views"]))
     dataset = CellDataset(run_dir)
     table = dataset.table
-    reference = choose_reference(table["condition"].astype(str).unique(), reference or None)
+    reference = choose_reference(table["condition"].astype(str).unique(), reference or None, condition_doses(table))
     plans: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     tasks: list[ChunkTask] = []
     for view in wanted:

@@ -48,6 +48,26 @@ STAGE_MODULES: dict[str, str] = {
 }
 
 
+def resolve_references(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with one reference condition for explain and biomarkers.
+
+    An empty ``explain.reference`` takes ``biomarkers.reference``, so the maps are explained
+    against the condition the statistics compare with (and a changed ``biomarkers.reference``
+    changes the explain fingerprint). Raises :class:`ConfigError` when both are set, differ
+    and the explain target policy pairs each condition with the reference (contrast, own).
+    """
+    from epikit.analysis.targets import PAIRED_POLICIES
+
+    explain, biomarkers = config["explain"], config["biomarkers"]
+    chosen, wanted = str(explain.get("reference") or ""), str(biomarkers.get("reference") or "")
+    if chosen and wanted and chosen != wanted and explain.get("target") in PAIRED_POLICIES:
+        raise ConfigError(f"explain.reference {chosen!r} differs from biomarkers.reference {wanted!r}; "
+                          "set one of them (an empty explain.reference follows [biomarkers])")
+    if chosen or not wanted:
+        return config
+    return {**config, "explain": {**explain, "reference": wanted}}
+
+
 def stage_options(stage: str, config: dict[str, Any], records: Sequence[ImageRecord]) -> Any:
     """The options dataclass of ``stage``: its config table, plus the run's seed and images where it takes them."""
     options = STAGE_OPTIONS[stage]
@@ -120,6 +140,28 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def stage_fingerprints(config: dict[str, Any], records: Sequence[ImageRecord],
+                       sha256: Sequence[str]) -> dict[str, str]:
+    """Each stage's fingerprint: its options chained onto everything upstream of it.
+
+    Upstream of every stage: each image's id, labels, channels and content (``sha256``, one
+    per record) and how it was read, not where it lies, so a moved input folder or a copied
+    run folder (with its demo input) resumes. From extract on, also each image's manifest
+    metadata (replicate, dose, plate...), which becomes cell columns: editing it re-runs
+    extraction and what follows, not segmentation.
+    """
+    upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), digest)
+                             for r, digest in zip(records, sha256)], config["channels"], config["seed"],
+                            config["read"], [(r.z, r.pixel_size_um, r.scene) for r in records])
+    design = [dict(sorted(r.metadata.items())) for r in records]
+    fingerprints = {}
+    for stage in STAGES:
+        if stage == "extract" and any(design):  # runs without metadata keep their fingerprints
+            upstream = section_hash(upstream, design)
+        fingerprints[stage] = upstream = section_hash(config[stage], upstream)
+    return fingerprints
+
+
 def reading_summary(reading: ReadOptions, records: Sequence[ImageRecord]) -> dict[str, Any]:
     """How the inputs were read, for the manifest and the report: Z projection, pixel size, channels."""
     size = records[0].pixel_size_um if records else None
@@ -152,6 +194,7 @@ def run_pipeline(
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"unknown stage {stop_after!r}; stages: {', '.join(STAGES)}")
     _validate_plugins(config)
+    staged = resolve_references(config)  # what the stages run with (config.toml keeps what was asked)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / STATE_FILE
     state: dict[str, Any] = {} if force else read_json(state_path, default={})
@@ -166,11 +209,7 @@ def run_pipeline(
     inputs = [{**record_dict(r), "sha256": record_sha256(r)} for r in records]
     (run_dir / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
 
-    # What the outputs depend on: each image's id, labels, channels and content, not where it
-    # lies, so a moved input folder or a copied run folder (with its demo input) resumes.
-    upstream = section_hash([(r.image_id, r.condition, r.group, list(r.channel_names), i["sha256"])
-                             for r, i in zip(records, inputs)], config["channels"], config["seed"],
-                            config["read"], [(r.z, r.pixel_size_um, r.scene) for r in records])
+    fingerprints = stage_fingerprints(staged, records, [i["sha256"] for i in inputs])
     manifest: dict[str, Any] = {
         **_environment(),
         "plugins": _plugin_provenance(config),
@@ -183,8 +222,7 @@ def run_pipeline(
         "stages": {},
     }
     for stage in STAGES:
-        # Chained fingerprints: a change upstream changes every later fingerprint too.
-        fingerprint = upstream = section_hash(config[stage], upstream)
+        fingerprint = fingerprints[stage]  # chained: a change upstream changes every later one
         previous = state.get(stage, {})
         if previous.get("hash") != fingerprint or not previous.get("done"):
             if previous.get("hash") != fingerprint:
@@ -192,7 +230,7 @@ def run_pipeline(
             state[stage] = {"hash": fingerprint, "done": False}
             write_json(state_path, state)
             started = time.perf_counter()
-            summary = run_stage(stage, run_dir, stage_options(stage, config, records),
+            summary = run_stage(stage, run_dir, stage_options(stage, staged, records),
                                 executor=executor, progress=progress)
             state[stage] = {"hash": fingerprint, "done": True, "summary": summary,
                             "seconds": round(time.perf_counter() - started, 3)}

@@ -6,6 +6,8 @@ with one line naming the file and the fix.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -228,3 +230,67 @@ def test_fixed_width_rings_of_a_disc():
     assert ring_width_pixels(0.5, 0.25) == 2.0
     with pytest.raises(ConfigError, match="ring_width_um=0.5 needs .* pass --pixel-size"):
         ring_width_pixels(0.5, None)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("B01,vpa,abc", r"layout.csv \(well B01\) has dose 'abc'; give a number >= 0"),
+    ("B01,vpa,-1", r"layout.csv \(well B01\) has dose '-1'; give a number >= 0"),
+    ("B01,vpa/2,2", r"layout.csv \(well B01\): condition 'vpa/2' is not a usable name"),
+])
+def test_layout_labels_are_checked_like_a_manifest_s(tmp_path, row, message):
+    """A plate's and a --pattern's layout CSV: a bad dose or condition stops at discovery, naming the layout."""
+    plate = write_plate(tmp_path / "p1.zarr", {("A", "1"): [blobs(0)[:, None]], ("B", "1"): [blobs(1)[:, None]]},
+                        NAMES, 0.2)
+    layout = tmp_path / "layout.csv"
+    layout.write_text(f"well,condition,dose\nA01,ctrl,0\n{row}\n")
+    with pytest.raises(InputError, match=message) as error:
+        find_images(plate, reading=ReadOptions(layout=str(layout)))
+    assert "\n" not in str(error.value)
+    for prefix, seed in (("A01_s1", 0), ("B01_s1", 1)):
+        write_channel_files(tmp_path / "export", prefix, seed)
+    reading = ReadOptions(pattern="{well}_{field}_w{channel}.tif", layout=str(layout))
+    with pytest.raises(InputError, match=r"B01_s1_w1.tif \(layout .*layout.csv, well B01\)"):
+        find_images(tmp_path / "export", reading=reading)
+
+
+def test_a_dose_in_a_pattern_field_is_checked(tmp_path):
+    for prefix, seed in (("ctrl_0", 0), ("vpa_x2", 1)):
+        write_channel_files(tmp_path / "export", prefix, seed)
+    with pytest.raises(InputError, match=r"vpa_x2_w1.tif has dose 'x2'; give a number >= 0"):
+        find_images(tmp_path / "export", reading=ReadOptions(pattern="{condition}_{dose}_w{channel}.tif"))
+
+
+def write_two_scenes(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        for seed in (4, 5):
+            writer.write(blobs(seed), metadata={"axes": "CYX", "Channel": {"Name": list(NAMES)},
+                                                "PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "µm"})
+
+
+def test_discovery_opens_a_multi_scene_file_once(tmp_path, monkeypatch):
+    write_two_scenes(tmp_path / "in" / "vpa" / "multi.ome.tif")
+    write_ome_tiff(tmp_path / "in" / "ctrl" / "a.ome.tif", blobs(3)[:, None])
+    opened = []
+    real = tifffile.TiffFile
+    monkeypatch.setattr(tifffile, "TiffFile", lambda path, *a, **k: opened.append(Path(path).name) or real(path, *a, **k))
+    records, _ = find_images(tmp_path / "in")
+    assert [r.image_id for r in records] == ["ctrl/a", "vpa/multi_s0", "vpa/multi_s1"]
+    assert sorted(opened) == ["a.ome.tif", "multi.ome.tif"]
+
+
+def test_bioio_probes_every_scene_from_one_open(tmp_path, monkeypatch):
+    pytest.importorskip("bioio")
+    pytest.importorskip("bioio_ome_tiff")
+    from epikit.io import bioio_reader
+    from epikit.io.images import probe_image_scenes
+
+    write_two_scenes(tmp_path / "multi.ome.tif")
+    opened = []
+    real = bioio_reader.open_bioimage
+    monkeypatch.setattr(bioio_reader, "open_bioimage", lambda path: opened.append(path) or real(path))
+    infos = bioio_reader.probe_bioio_scenes(tmp_path / "multi.ome.tif")
+    assert len(opened) == 1
+    fast = probe_image_scenes(tmp_path / "multi.ome.tif")
+    assert [(i.shape, i.channel_names, i.n_scenes) for i in infos] == [(f.shape, f.channel_names, 2) for f in fast]
+    assert [i.pixel_size_um for i in infos] == pytest.approx([0.1, 0.1])

@@ -19,6 +19,8 @@ from epikit.pipeline import run_pipeline  # noqa: E402
 from epikit.runfolder.maps import ViewMaps, write_maps  # noqa: E402
 
 MANIFEST = Path(epikit_napari.__file__).with_name("napari.yaml")
+CLASSES = ["ctrl", "tsa", "vpa"]
+TSA_SCALE = 0.5  # the reference cells' tsa maps: their vpa maps at half height
 
 
 @pytest.fixture(scope="module", params=["none", "major-axis"])
@@ -40,10 +42,17 @@ def run_with_maps(request, tmp_path_factory) -> Path:
     crops = RunFolder(run).crops
     masks = crops.read_masks(np.arange(len(cells))).astype(np.float32)
     hoechst = crops.read(np.arange(len(cells)))[:, 0].astype(np.float32)
-    views = [ViewMaps(view, maps, np.arange(len(cells)), cells["crop_index"].to_numpy(),
-                      np.zeros(len(cells), np.int64), np.zeros(len(cells), np.int64),
-                      {"view": view, "views": ["mask", "hoechst"], "method": view,
-                       "cell_ids": cells["cell_id"].tolist(), "crops_fingerprint": crops_fingerprint(run)})
+    # As explain writes them under the contrast policy with three classes: every cell explained
+    # for vpa, and the reference's (ctrl) cells once more for tsa, with a map of their own.
+    ctrl = np.flatnonzero(cells["condition"].to_numpy() == "ctrl")
+    rows = np.concatenate([np.arange(len(cells)), ctrl])
+    targets = np.concatenate([np.full(len(cells), CLASSES.index("vpa")), np.full(len(ctrl), CLASSES.index("tsa"))])
+    views = [ViewMaps(view, np.concatenate([maps, TSA_SCALE * maps[ctrl]]), rows,
+                      cells["crop_index"].to_numpy()[rows], np.zeros(len(rows), np.int64), targets,
+                      {"view": view, "views": ["mask", "hoechst"], "explainer": "gradcam", "layer": "layer2",
+                       "target": "contrast", "reference": "ctrl", "classes": CLASSES,
+                       "cell_ids": cells["cell_id"].to_numpy()[rows].tolist(),
+                       "crops_fingerprint": crops_fingerprint(run)})
              for view, maps in (("mask", masks), ("hoechst", hoechst / max(hoechst.max(), 1e-6)))]
     write_maps(run / "maps.zarr", views, {})
     return run
@@ -54,7 +63,16 @@ def test_reader_layers_of_a_run_folder(run_with_maps):
     assert reader is not None and epikit_napari.napari_get_reader(str(run_with_maps.parent)) is None
     layers = reader(str(run_with_maps))
     kinds = [kind for _, _, kind in layers]
-    assert kinds == ["image", "labels", "image", "image"]
+    assert kinds == ["image", "labels", "image", "image", "image", "image"]
+    image_id = layers[1][1]["name"].removesuffix(" nuclei")
+    assert image_id.startswith("ctrl/")  # the first field: a reference field, explained for tsa and vpa
+    assert [kwargs["name"] for _, kwargs, _ in layers[2:]] == [
+        f"{image_id} gradcam evidence for {target} ({view})" for view in ("mask", "hoechst") for target in ("tsa", "vpa")]
+    # Each class's layer holds that class's maps, none overwritten by the other's.
+    (tsa_map, _, _), (vpa_map, _, _) = layers[2:4]
+    inside = ~np.isnan(vpa_map)
+    np.testing.assert_allclose(tsa_map[inside], TSA_SCALE * vpa_map[inside], atol=1e-3)
+    layers = [layer for layer in layers if "evidence for tsa" not in str(layer[1]["name"])]
     (image, image_kwargs, _), (labels, label_kwargs, _) = layers[:2]
     assert image.shape == (3, 96, 96) and image_kwargs["channel_axis"] == 0
     assert image_kwargs["name"][0].endswith("Hoechst") and image_kwargs["scale"] == (0.2, 0.2)

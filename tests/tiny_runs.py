@@ -49,6 +49,8 @@ def make_conditions_identical(run: Path) -> None:
     import pandas as pd
     import zarr
 
+    from epikit.runfolder.crops import CONTENT_HASH_ATTR, content_hash
+
     cells = pd.read_parquet(run / "cells.parquet")
     ctrl = cells.loc[cells["condition"] == "ctrl", "crop_index"].to_numpy()
     vpa = cells.loc[cells["condition"] == "vpa", "crop_index"].to_numpy()
@@ -57,3 +59,4 @@ def make_conditions_identical(run: Path) -> None:
         data = group[name][...]
         data[vpa] = data[ctrl[np.arange(len(vpa)) % len(ctrl)]]
         group[name][...] = data
+    group.attrs[CONTENT_HASH_ATTR] = content_hash(run / "crops.zarr")  # as an extraction would

@@ -236,12 +236,24 @@ def compare_cells(x: np.ndarray, y: np.ndarray) -> Comparison:
     return _comparison("cell", "mannwhitney", x, y, mann_whitney(x, y))
 
 
-def choose_reference(conditions: Sequence[str], reference: str | None = None) -> str:
-    """The reference condition: ``reference`` if given, else a control-like name, else the first.
+def condition_doses(table: pd.DataFrame, condition: str = "condition", dose: str = "dose") -> dict[str, float] | None:
+    """Each condition's dose (its lowest, if its rows differ) from a table's ``dose`` column; None without one."""
+    if dose not in table.columns:
+        return None
+    values = pd.to_numeric(table[dose], errors="coerce")
+    lowest = values.groupby(table[condition].astype(str)).min().dropna()
+    return {str(name): float(value) for name, value in lowest.items()}
 
-    Control-like names (case-insensitive): ctrl, control, untreated, mock, dmso.
-    Raises :class:`DataError` with fewer than two conditions, :class:`ConfigError` for an
-    unknown ``reference``.
+
+def choose_reference(conditions: Sequence[str], reference: str | None = None,
+                     doses: dict[str, float] | None = None) -> str:
+    """The reference condition: ``reference`` if given, else the lowest dose's, else a control-like name, else the first.
+
+    ``doses`` (condition -> dose, e.g. :func:`condition_doses`): the single condition at the
+    lowest dose is the reference; when several share it, the control-like one among them
+    (a :class:`ConfigError` asking for a reference when none or several are). Control-like
+    names (case-insensitive): ctrl, control, untreated, mock, dmso. Raises :class:`DataError`
+    with fewer than two conditions, :class:`ConfigError` for an unknown ``reference``.
     """
     names = sorted({str(c) for c in conditions})
     if len(names) < 2:
@@ -252,10 +264,18 @@ def choose_reference(conditions: Sequence[str], reference: str | None = None) ->
         if reference not in names:
             raise ConfigError(f"reference condition {reference!r} not found; conditions: {', '.join(names)}")
         return reference
-    for name in names:
-        if name.lower() in REFERENCE_NAMES:
-            return name
-    return names[0]
+    known = {name: doses[name] for name in names if doses and name in doses}
+    candidates = names
+    if known:
+        lowest = min(known.values())
+        candidates = [name for name in names if known.get(name) == lowest]
+        if len(candidates) == 1:
+            return candidates[0]
+    controls = [name for name in candidates if name.lower() in REFERENCE_NAMES]
+    if known and len(controls) != 1:
+        raise ConfigError(f"conditions {', '.join(candidates)} share the lowest dose {lowest:g}; name the "
+                          "reference condition (-p biomarkers.reference=NAME)")
+    return controls[0] if controls else names[0]
 
 
 def compare_conditions(

@@ -20,6 +20,10 @@ measures, per image, how a shell quantity changes when only the target changes:
 
 A finding whose effect is not clearly larger (:data:`TARGET_DRIVEN_RATIO` times) than the
 target's part in it is flagged ``target-driven``.
+
+When both sides were explained for one class (``contrast``, or a class name), the target's
+part is zero by construction: :func:`shared_target_control` records that without explaining
+any cell again (``computed`` False, ``needed`` False).
 """
 
 from __future__ import annotations
@@ -82,6 +86,24 @@ def target_swap_control(original: pd.DataFrame, swapped: pd.DataFrame, finding: 
         "n_cells": int(len(difference)),
         "target_driven": driven,
         "text": text,
+    }
+
+
+def shared_target_control(finding: dict[str, Any], target: str) -> dict[str, Any]:
+    """The control of a map finding whose two sides were both explained for class ``target``.
+
+    The target cannot carry any of the difference, so nothing is explained again: the target's
+    part is 0 and the finding is never ``target-driven``.
+    """
+    return {
+        "computed": False,
+        "needed": False,
+        "effect": float(finding["effect"]),
+        "target_in_comparison": 0.0,
+        "ratio": TARGET_DRIVEN_RATIO,
+        "target_driven": False,
+        "text": f"both sides of this comparison were explained for {target}, so the target cannot drive "
+                "the difference (no swap needed)",
     }
 
 

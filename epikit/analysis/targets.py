@@ -33,6 +33,8 @@ import numpy as np
 from epikit.errors import ConfigError, DataError
 
 TARGET_POLICIES: tuple[str, ...] = ("contrast", "own", "predicted")
+#: Policies whose maps pair each condition with the reference condition chosen at explain time.
+PAIRED_POLICIES: tuple[str, ...] = ("contrast", "own")
 
 
 def check_target(target: str, classes: Sequence[str]) -> None:
@@ -75,6 +77,15 @@ def plan_targets(conditions: np.ndarray, predicted: np.ndarray | None, target: s
         raise DataError(f"class(es) {', '.join(unknown)} to explain are not classes of the model "
                         f"({', '.join(classes)}); re-run training")
     return positions, np.array([classes.index(label) for label in labels], dtype=np.int64)
+
+
+def check_maps_reference(policy: str, maps_reference: str | None, reference: str, where: str) -> None:
+    """Raise :class:`ConfigError` when maps that pair conditions with ``maps_reference`` are compared
+    against another ``reference`` (their comparisons would find no maps); ``where``: the maps' path."""
+    if policy in PAIRED_POLICIES and maps_reference and maps_reference != reference:
+        raise ConfigError(f"{where} was explained against reference {maps_reference!r} (target {policy!r}) but "
+                          f"biomarkers compare with {reference!r}; re-run explain with --reference {reference} "
+                          "or drop biomarkers.reference")
 
 
 def side_targets(target: str, condition: str, reference: str) -> tuple[str | None, str | None]:

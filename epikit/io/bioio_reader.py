@@ -77,6 +77,16 @@ def probe_bioio(path: Path, scene: int = 0) -> ImageInfo:
     return _info(image, path)
 
 
+def probe_bioio_scenes(path: Path) -> list[ImageInfo]:
+    """The header of every scene of a file bioio reads (see :func:`probe_bioio`), from one open of the file."""
+    image = open_bioimage(path)
+    infos = []
+    for scene in range(len(image.scenes)):
+        _select(image, path, scene)
+        infos.append(_info(image, path))
+    return infos
+
+
 def read_bioio(path: Path, scene: int = 0) -> tuple[np.ndarray, ImageInfo]:
     """Pixels ``(C, Z, Y, X)`` of scene ``scene`` of a file bioio reads, and its header."""
     image = open_bioimage(path)

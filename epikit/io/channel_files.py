@@ -62,7 +62,8 @@ def compile_pattern(pattern: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
     return re.compile(regex + "$"), fields
 
 
-def _natural_key(text: str) -> list[object]:
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders numbers by value: ``field_2`` before ``field_10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
@@ -72,7 +73,7 @@ def pattern_entries(folder: Path, pattern: str, channels: list[str] | tuple[str,
     regex, fields = compile_pattern(pattern)
     layout = read_layout(layout_path) if layout_path else None
     files = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
-                   key=lambda p: _natural_key(p.relative_to(folder).as_posix()))
+                   key=lambda p: natural_key(p.relative_to(folder).as_posix()))
     found: dict[tuple[str, ...], dict[str, Path]] = {}
     keys: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
     for path in files:
@@ -103,7 +104,7 @@ def pattern_entries(folder: Path, pattern: str, channels: list[str] | tuple[str,
     if not found:
         raise InputError(f"{folder}: no file matches --pattern {pattern!r}; check the pattern against a "
                          "file name, e.g. '{well}_{field}_w{channel}.tif'")
-    seen = sorted({c for files_ in found.values() for c in files_}, key=_natural_key)
+    seen = sorted({c for files_ in found.values() for c in files_}, key=natural_key)
     values_, names = parse_channels(channels) if channels else (tuple(seen), tuple(seen))
     entries = []
     for key, by_channel in found.items():
@@ -114,11 +115,13 @@ def pattern_entries(folder: Path, pattern: str, channels: list[str] | tuple[str,
             raise InputError(f"{some}: the field {'_'.join(values.values()) or some.stem} lacks channel(s) "
                              f"{', '.join(missing)}; add the files or list only present channels in --channels")
         metadata = dict(values)
+        paths = tuple(by_channel[v] for v in values_)
+        origin = str(paths[0])
         if layout is not None and "well" in values:
             metadata.update({k: v for k, v in layout_row(layout, layout_path, values["well"], folder).items()
                              if k != "condition"})
+            origin += f" (layout {layout_path}, well {values['well']})"
         group = "/".join(filter(None, (values.get("plate"), values.get("well")))) or None
-        paths = tuple(by_channel[v] for v in values_)
         entries.append(InputEntry(paths[0], condition, group, metadata, paths,
-                                  name="_".join(values.values()) or paths[0].stem))
+                                  name="_".join(values.values()) or paths[0].stem, origin=origin))
     return entries, names

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING
 
 from epikit.errors import DataError, InputError
 from epikit.io.bioio_reader import PLUGINS
-from epikit.io.channel_files import channel_columns, channel_names_of, pattern_entries
+from epikit.io.channel_files import channel_columns, channel_names_of, natural_key, pattern_entries
 from epikit.io.images import IMAGE_SUFFIXES, ImageInfo
 from epikit.io.omezarr import ZARR_SUFFIX, is_plate
 from epikit.io.plates import plate_entries
 from epikit.io.record import ImageRecord, InputEntry
-from epikit.io.sources import check_same_shape, probe_source
+from epikit.io.sources import check_same_shape, probe_scenes, probe_source
 from epikit.io.zstack import check_plane, parse_z
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,15 +94,11 @@ class SkippedFile:
     reason: str
 
 
-def _natural_key(text: str) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
 def _image_files(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir()
              if not p.name.startswith(".") and p.suffix.lower() in INPUT_SUFFIXES
              and (p.is_file() or p.suffix.lower() == ZARR_SUFFIX)]
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _stem(path: Path) -> str:
@@ -156,15 +152,11 @@ def _entries_from_manifest(manifest: Path) -> tuple[list[InputEntry], tuple[str,
         if not all(texts) or not condition:
             raise InputError(f"{manifest}: line {number} has an empty path or condition")
         paths = tuple(resolve(t) for t in texts)
-        where = f"{manifest} line {number}"
-        check_name("condition", condition, where)
         group = (row.get("group") or "").strip() or None
-        if group is not None:
-            check_name("group", group, where)
         extra = {k: (v or "").strip() for k, v in row.items()
                  if k not in {"condition", "group", *path_columns} and k is not None}
-        _check_design(manifest, number, extra)
-        entries.append(InputEntry(paths[0], condition, group, extra, paths if per_channel else ()))
+        entries.append(InputEntry(paths[0], condition, group, extra, paths if per_channel else (),
+                                  origin=f"{manifest} line {number}"))
     return entries, channel_names_of(per_channel) if per_channel else None
 
 
@@ -202,8 +194,7 @@ def _probe(entry: InputEntry) -> list[ImageInfo]:
         sizes = [i.pixel_size_um for i in infos if i.pixel_size_um]
         first = infos[0]
         return [replace(first, shape=(len(infos),) + first.shape[1:], pixel_size_um=sizes[0] if sizes else None)]
-    first = probe_source(entry.path)
-    return [first] + [probe_source(entry.path, k) for k in range(1, first.n_scenes)]
+    return probe_scenes(entry.path)
 
 
 def _channel_index(channel: int | str, names: tuple[str, ...]) -> int:
@@ -228,19 +219,27 @@ def _check_pixel_sizes(records: list[ImageRecord]) -> None:
                              "set one size for all fields, or run them separately")
 
 
-def _check_design(manifest: Path, number: int, extra: dict[str, str]) -> None:
-    """A manifest row's ``replicate`` must be non-empty and its ``dose`` a finite number >= 0."""
+def check_entry(entry: InputEntry) -> None:
+    """One-line :class:`InputError` naming ``entry.where`` unless its labels are usable.
+
+    Whatever listed the entry (a manifest, a folder, a layout CSV, a ``--pattern``): its
+    condition and group must be usable names (:func:`check_name`), its ``replicate`` non-empty
+    and its ``dose`` a finite number >= 0.
+    """
+    where = entry.where
+    check_name("condition", entry.condition, where)
+    if entry.group is not None:
+        check_name("group", entry.group, where)
     for column in DESIGN_COLUMNS:
-        if column in extra and not extra[column]:
-            raise InputError(f"{manifest}: line {number} has an empty {column}; give every row one")
-    if "dose" in extra:
+        if column in entry.metadata and not entry.metadata[column]:
+            raise InputError(f"{where} has an empty {column}; give every row one")
+    if "dose" in entry.metadata:
         try:
-            dose = float(extra["dose"])
+            dose = float(entry.metadata["dose"])
         except ValueError:
             dose = float("nan")
         if not math.isfinite(dose) or dose < 0:
-            raise InputError(f"{manifest}: line {number} has dose {extra['dose']!r}; "
-                             "give a number >= 0 (e.g. 0, 0.5, 2)")
+            raise InputError(f"{where} has dose {entry.metadata['dose']!r}; give a number >= 0 (e.g. 0, 0.5, 2)")
 
 
 def design_values(record: ImageRecord) -> dict[str, str | float]:
@@ -267,7 +266,9 @@ def find_images(
     ``reading`` (:class:`epikit.options.ReadOptions`) gives the Z projection, a pixel size
     override, a per-channel file pattern and a plate layout; ``nuclear_channel`` is the
     channel ``--z best`` focuses on. Checks, each raising a one-line :class:`InputError` /
-    :class:`DataError` naming the file: missing input, no images, fewer than
+    :class:`DataError` naming the file: missing input, unusable condition or group names and
+    design values (replicate, dose) from any listing (manifest, layout CSV, ``--pattern``
+    field; :func:`check_entry`), no images, fewer than
     ``min_conditions`` conditions, unreadable files, channel counts that differ between
     files or from ``channels``, channel files of one field that differ in shape, pixel
     sizes that differ between fields (unless overridden).
@@ -283,6 +284,8 @@ def find_images(
     skipped: list[SkippedFile] = []
     first: ImageInfo | None = None
     seen_ids: dict[str, Path] = {}
+    for entry in entries:  # every listing's labels, checked before any file is opened
+        check_entry(entry)
     for entry in entries:
         try:
             infos = _probe(entry)

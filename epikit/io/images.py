@@ -126,19 +126,23 @@ def axes_layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int | No
     return axis, z_axis
 
 
-def _tiff_header(path: Path, scene: int) -> tuple[str, tuple[int, ...], tuple[str, ...], int, float | None]:
-    """Axes, shape, channel names, number of scenes and pixel size (µm) of a TIFF."""
+def _tiff_headers(path: Path, scene: int | None) -> list[tuple[str, tuple[int, ...], tuple[str, ...], int, float | None]]:
+    """Axes, shape, channel names, number of scenes and pixel size (µm) of scene ``scene`` of a
+    TIFF, or of every scene (``None``), from one open of the file."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         scenes = len(tif.series) if tif.is_ome else 1
-        if not 0 <= scene < scenes:
+        if scene is not None and not 0 <= scene < scenes:
             raise InputError(f"{path}: has {scenes} scene(s), no scene {scene}")
-        series = tif.series[scene]
-        names, size = _ome_image(tif.ome_metadata, scene) if tif.is_ome else ((), None)
-        if size is None and tif.is_imagej:
-            size = _imagej_pixel_size(tif)
-        return series.axes, tuple(series.shape), names, scenes, size
+        headers = []
+        for k in range(scenes) if scene is None else [scene]:
+            series = tif.series[k]
+            names, size = _ome_image(tif.ome_metadata, k) if tif.is_ome else ((), None)
+            if size is None and tif.is_imagej:
+                size = _imagej_pixel_size(tif)
+            headers.append((series.axes, tuple(series.shape), names, scenes, size))
+        return headers
 
 
 def _png_array(path: Path) -> np.ndarray:
@@ -163,24 +167,31 @@ def _open_error(path: Path, error: Exception) -> InputError:
 def probe_image(path: str | os.PathLike[str], scene: int = 0) -> ImageInfo:
     """Read the header of ``path`` (scene ``scene``): (C, Y, X) shape, Z planes, scenes,
     channel names and pixel size, without the pixels."""
-    path = Path(path)
+    return _probe_headers(Path(path), scene)[0]
+
+
+def probe_image_scenes(path: str | os.PathLike[str]) -> list[ImageInfo]:
+    """The header of every scene of ``path`` (see :func:`probe_image`), from one open of the file."""
+    return _probe_headers(Path(path), None)
+
+
+def _probe_headers(path: Path, scene: int | None) -> list[ImageInfo]:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    scenes, size = 1, None
     try:
         if suffix in TIFF_SUFFIXES:
-            axes, shape, names, scenes, size = _tiff_header(path, scene)
+            headers = _tiff_headers(path, scene)
         elif suffix in PNG_SUFFIXES:
             array = _png_array(path)
-            axes, shape, names = "CYX", array.shape, ()
+            headers = [("CYX", array.shape, (), 1, None)]
         else:
             raise InputError(f"{path}: unsupported image type {suffix!r}; use TIFF, OME-TIFF or PNG")
     except InputError:
         raise
     except Exception as error:
         raise _open_error(path, error) from error
-    return info_from_axes(path, axes, shape, names, scenes, size)
+    return [info_from_axes(path, *header) for header in headers]
 
 
 def info_from_axes(path: Path, axes: str, shape: tuple[int, ...], names: tuple[str, ...],

@@ -83,5 +83,5 @@ def plate_entries(plate: Path, layout_path: str | Path | None) -> list[InputEntr
         metadata = {"plate": name, "well": well, "field": field,
                     **{k: v for k, v in values.items() if k != "condition"}}
         entries.append(InputEntry(plate / field_path, values["condition"], f"{name}/{well}", metadata,
-                                  name=f"{name}_{well}_f{field}"))
+                                  name=f"{name}_{well}_f{field}", origin=f"{layout_path} (well {well})"))
     return entries

@@ -99,7 +99,9 @@ class InputEntry:
     """One listed input before its header is read (a manifest row, a file, a plate field).
 
     ``name`` is the image's name within its condition (default: the file's stem);
-    ``group`` None means the image is its own group.
+    ``group`` None means the image is its own group. ``origin`` names where its condition
+    and metadata were written (a manifest line, a layout CSV's well) for error messages;
+    empty: the file itself.
     """
 
     path: Path
@@ -108,3 +110,9 @@ class InputEntry:
     metadata: dict[str, str] = field(default_factory=dict)
     channel_files: tuple[Path, ...] = ()
     name: str | None = None
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """Where the entry's labels come from, for a one-line error."""
+        return self.origin or str(self.path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from epikit.errors import InputError
-from epikit.io.images import IMAGE_SUFFIXES, ImageData, ImageInfo, probe_image, read_stack
+from epikit.io.images import IMAGE_SUFFIXES, ImageData, ImageInfo, probe_image, probe_image_scenes, read_stack
 from epikit.io.record import ImageRecord
 from epikit.io.zstack import project
 
@@ -48,6 +48,21 @@ def probe_source(path: str | os.PathLike[str], scene: int = 0) -> ImageInfo:
     from epikit.io.bioio_reader import probe_bioio
 
     return probe_bioio(path, scene)
+
+
+def probe_scenes(path: str | os.PathLike[str]) -> list[ImageInfo]:
+    """Headers of every scene of any input (see :func:`probe_source`), each file opened once."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "native":
+        return probe_image_scenes(path)
+    if kind == "ome-zarr":
+        from epikit.io.omezarr import probe_ome_zarr
+
+        return [probe_ome_zarr(path)]
+    from epikit.io.bioio_reader import probe_bioio_scenes
+
+    return probe_bioio_scenes(path)
 
 
 def read_source(path: str | os.PathLike[str], scene: int = 0) -> tuple[np.ndarray, ImageInfo]:

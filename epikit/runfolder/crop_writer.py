@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from epikit.io.store import atomic_path, read_json, write_json
+from epikit.runfolder.crops import CONTENT_HASH_ATTR, content_hash
 from epikit.runfolder.layout import CELLS, CROPS
 
 STATE_VERSION = 1
@@ -184,12 +185,17 @@ class CropWriter:
                 writer.close()
 
     def finalise(self, attrs: dict[str, Any]) -> None:
-        """Write ``cells.parquet``, then move the finished Zarr store into place."""
+        """Write ``cells.parquet``, then move the finished Zarr store into place.
+
+        The store's attrs get ``attrs`` and the hash of its content
+        (:data:`~epikit.runfolder.crops.CONTENT_HASH_ATTR`), computed once here for every
+        later reader of :func:`~epikit.runfolder.crops.crops_fingerprint`."""
         import zarr
 
         if not self.finalised or not (self.out_dir / CELLS).exists():
             if self.work_store.exists():
-                zarr.open_group(str(self.work_store), mode="a").attrs.update(attrs)
+                zarr.open_group(str(self.work_store), mode="a").attrs.update(
+                    {**attrs, CONTENT_HASH_ATTR: content_hash(self.work_store)})
             self.write_table()
             self.marker.touch()
         if self.work_store.exists():

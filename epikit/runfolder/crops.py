@@ -23,11 +23,28 @@ def read_masks(crops_path: Path, crop_index: np.ndarray) -> np.ndarray:
     return read_rows(group["masks"], crop_index) > 0
 
 
+#: The crops.zarr attribute holding :func:`content_hash`, written once when extraction finishes.
+CONTENT_HASH_ATTR = "content_hash"
+
+
+def content_hash(crops_path: str | Path) -> str:
+    """Hash of the content of a crops.zarr store: its crops and masks, read in slices."""
+    import zarr
+
+    from epikit.config import section_hash
+
+    arrays = dict(zarr.open_group(str(crops_path), mode="r").arrays())
+    return section_hash(*(arrays[name] for name in ("crops", "masks") if name in arrays))
+
+
 def crops_fingerprint(run_dir: str | Path) -> str:
     """Fingerprint of the cells a run folder's maps are made from: the cell ids and crop rows of
-    ``cells.parquet`` and the content of ``crops.zarr`` (crops and masks, hashed in slices).
+    ``cells.parquet`` and the content of ``crops.zarr`` (crops and masks).
 
-    A re-run extraction (other ``--min-area``, crop size, normalisation...) changes it.
+    The content's hash is stored in the store's attrs when extraction writes it
+    (:data:`CONTENT_HASH_ATTR`), so reading the fingerprint reads two columns, not every crop;
+    a store written before that is hashed in slices. A re-run extraction (other
+    ``--min-area``, crop size, normalisation...) changes it.
     """
     import pandas as pd
     import zarr
@@ -37,9 +54,12 @@ def crops_fingerprint(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     table = pd.read_parquet(run_dir / CELLS, columns=["cell_id", "crop_index"])
     group = zarr.open_group(str(run_dir / CROPS), mode="r")
+    ids, rows = table["cell_id"].astype(str).tolist(), table["crop_index"].to_numpy(np.int64)
+    stored = group.attrs.get(CONTENT_HASH_ATTR)
+    if stored is not None:
+        return section_hash(ids, rows, str(stored))
     arrays = dict(group.arrays())
-    return section_hash(table["cell_id"].astype(str).tolist(), table["crop_index"].to_numpy(np.int64),
-                        *(arrays[name] for name in ("crops", "masks") if name in arrays))
+    return section_hash(ids, rows, *(arrays[name] for name in ("crops", "masks") if name in arrays))
 
 
 @dataclass

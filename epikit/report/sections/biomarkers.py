@@ -85,7 +85,7 @@ def _finding_block(finding: Any) -> Markup:
     if finding.get("opposite"):
         parts.append(paragraph(element("b", "Opposite localisation: "), str(finding["opposite"])))
     swap = finding.get("target_swap")
-    if isinstance(swap, Mapping) and swap.get("computed"):
+    if isinstance(swap, Mapping) and swap.get("text"):  # computed, or not needed (one target on both sides)
         parts.append(paragraph(element("b", "Target-swap control: "), str(swap.get("text", ""))))
     if isinstance(trust, Mapping):
         rows = _trust_rows(trust)

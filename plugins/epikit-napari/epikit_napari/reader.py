@@ -7,8 +7,9 @@ opens that field. Layers, in physical units (µm) when the run knows the pixel s
   them (scene, Z projection, per-channel files);
 * the label mask, with the field's rows of ``cells.parquet`` (features, fold, prediction,
   probability) as label ``features`` (column ``index`` holds the label);
-* for every view in ``maps.zarr``, the explanation maps placed back on their nuclei
-  (:func:`epikit.nuclei.placement.place_maps`; NaN where a nucleus has no map).
+* for every view in ``maps.zarr`` and every class its maps explain, the maps placed back on
+  their nuclei (:func:`epikit.nuclei.placement.place_maps`; NaN where a nucleus has no map
+  for that class), named ``<image> <explainer> evidence for <class> (<view>)``.
 
 :func:`layer_data` returns napari's ``LayerData`` tuples ``(data, kwargs, layer_type)``, so it
 needs neither napari nor a display (the tests check it that way).
@@ -84,15 +85,19 @@ def _map_layers(run: Any, image_id: str, labels: np.ndarray, scale: tuple[float,
     layers = []
     prefix = f"{image_id}#"
     for stored in map_sets:
-        maps = {int(cell.rsplit("#", 1)[1]): stored.maps[i] for i, cell in enumerate(stored.cell_ids)
-                if cell.startswith(prefix)}
-        if not maps:
-            continue
-        method = stored.attrs.get("method", "map")
-        layers.append((place_maps(labels, maps, settings),
-                       {"name": f"{image_id} {method} ({stored.view})", "colormap": "inferno",
-                        "blending": "additive", "opacity": 0.7, "contrast_limits": [0.0, 1.0],
-                        "scale": scale}, "image"))
+        explainer = stored.attrs.get("explainer", "map")
+        classes = [str(c) for c in stored.attrs.get("classes") or []]
+        rows = [i for i, cell in enumerate(stored.cell_ids) if cell.startswith(prefix)]
+        # One layer per explained class: under the contrast policy a reference nucleus has a
+        # map for every other condition, and each belongs with that condition's layer.
+        for target in sorted({int(stored.target[i]) for i in rows}):
+            maps = {int(stored.cell_ids[i].rsplit("#", 1)[1]): stored.maps[i] for i in rows
+                    if int(stored.target[i]) == target}
+            name = classes[target] if 0 <= target < len(classes) else f"class {target}"
+            layers.append((place_maps(labels, maps, settings),
+                           {"name": f"{image_id} {explainer} evidence for {name} ({stored.view})",
+                            "colormap": "inferno", "blending": "additive", "opacity": 0.7,
+                            "contrast_limits": [0.0, 1.0], "scale": scale}, "image"))
     return layers
 
 
