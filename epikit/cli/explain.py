@@ -20,7 +20,7 @@ def explain_command(
     cells: str = typer.Option(ExplainOptions.cells, "--cells", help="Which out-of-fold test cells: correct, misclassified or all."),
     max_cells: int = typer.Option(ExplainOptions.max_cells, "--max-cells", help="At most this many cells per condition (seeded random choice; 0: all)."),
     target: str = typer.Option(ExplainOptions.target, "--target", help="Class to explain: contrast (every cell for the non-reference condition), own (each cell for its own condition; the study's), predicted, or a class name."),
-    reference: str = typer.Option(ExplainOptions.reference, "--reference", help="Reference condition of the contrast target (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
+    reference: str = typer.Option(ExplainOptions.reference, "--reference", help="Reference condition of the contrast target (default: the lowest dose when cells have doses, else ctrl/control/untreated/mock/dmso if present, else the first)."),
     view: Optional[list[str]] = typer.Option(None, "--view", help="Trained view(s) to explain (default: all trained views)."),
     seed: int = typer.Option(ExplainOptions.seed, "--seed", help="Seed of the cell choice."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -46,7 +46,7 @@ def explain_command(
 @command("biomarkers")
 def biomarkers_command(
     run_dir: Path = typer.Argument(..., help="Run folder with maps.zarr (run `epikit explain` first)."),
-    reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: ctrl/control/untreated/mock/dmso if present, else the first)."),
+    reference: str = typer.Option(BiomarkerOptions.reference, "--reference", help="Reference condition (default: the maps' reference, else the lowest dose, else ctrl/control/untreated/mock/dmso if present, else the first)."),
     alpha: float = typer.Option(BiomarkerOptions.alpha, "--alpha", help="q-value threshold of a finding."),
     image_test: str = typer.Option(BiomarkerOptions.image_test, "--image-test", help="Image-level test: permutation, mannwhitney or ttest."),
     shell_method: str = typer.Option(BiomarkerOptions.shell_method, "--shells", help="Shell definition: scaled (the study's) or distance."),
