@@ -219,8 +219,8 @@ class ExplainOptions:
     against ``reference`` with its own target); ``own`` explains each cell for its own
     condition (the study's policy, with ``cells="correct"``); ``predicted`` for its predicted
     class; or a class name. ``cells``: ``all`` out-of-fold test cells (default: chosen without
-    looking at correctness), ``correct`` or ``misclassified``. ``reference``: as the
-    biomarkers stage's (``""``: a control-like name, else the first).
+    looking at correctness), ``correct`` or ``misclassified``. ``reference``: ``""`` takes the
+    biomarkers stage's, else the lowest dose, else a control-like name, else the first.
     Per run: ``seed`` (of the cell choice), ``views`` (None: every trained view) and ``device``.
     """
 
