@@ -33,7 +33,8 @@ from epikit.analysis.biomarkers import (
     shares_table,
     shell_profiles,
 )
-from epikit.design_analysis import analyse_design, design_findings
+from epikit.analysis.design import describe_design
+from epikit.design_analysis import analyse_design, check_design_options, design_findings
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference
 from epikit.analysis.target_swap import TARGET_DRIVEN, attach_target_swap, target_swap_control
 from epikit.analysis.targets import swapped
@@ -104,6 +105,7 @@ def biomarker_run(
         raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
     if trust and not maps:
         raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
+    check_design_options(unit_test, overall_test, model, min_units)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     dataset = CellDataset(run_dir)
@@ -123,13 +125,13 @@ def biomarker_run(
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
-    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
-                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed,
+    design = describe_design(cells, min_units=min_units)  # one unit for the shell and the radial tests
+    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, design,
+                               bins=profile_bins, bin_um=profile_bin_um, resamples=profile_resamples, seed=seed,
                                policy=policy or "contrast")
-    designed = analyse_design(run_dir, long, cells, reference=reference, seed=seed, alpha=alpha,
-                              image_test=image_test, min_units=min_units, unit_test=unit_test,
-                              overall_test=overall_test, model=model, target=policy or "contrast",
-                              extra=radial.rows[list(COLUMNS)])
+    designed = analyse_design(run_dir, long, cells, design, reference=reference, seed=seed, alpha=alpha,
+                              image_test=image_test, unit_test=unit_test, overall_test=overall_test,
+                              model=model, target=policy or "contrast", extra=radial.rows[list(COLUMNS)])
     table = designed.table
     findings = design_findings(designed, alpha, n_shells)
     findings += radial.findings(table, alpha, first_rank=len(findings) + 1)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from epikit.analysis.biomarkers import KEYS, biomarker_table, rank_findings
-from epikit.analysis.design import Design, attach_design, describe_design
+from epikit.analysis.design import Design, attach_design
 from epikit.analysis.mixed import MODELS, mixed_table
 from epikit.analysis.multigroup import OVERALL_STATISTICS, across_conditions
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference
@@ -44,7 +44,8 @@ class DesignedAnalysis:
     mixed: pd.DataFrame | None
 
 
-def _check(unit_test: str, overall_test: str, model: str, min_units: int) -> None:
+def check_design_options(unit_test: str, overall_test: str, model: str, min_units: int) -> None:
+    """Raise a one-line :class:`ConfigError` for an unknown test or model, or ``min_units`` below 2."""
     if unit_test not in IMAGE_TESTS:
         raise ConfigError(f"biomarkers.unit_test {unit_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
     if overall_test not in OVERALL_STATISTICS:
@@ -62,11 +63,14 @@ def _write_or_remove(frame: pd.DataFrame | None, path: Path) -> None:
         write_csv(frame, path)
 
 
-def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame, *, reference: str | None,
-                   seed: int, alpha: float, image_test: str, min_units: int, unit_test: str,
+def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame, design: Design, *,
+                   reference: str | None, seed: int, alpha: float, image_test: str, unit_test: str,
                    overall_test: str, model: str, target: str = "contrast",
                    extra: pd.DataFrame | None = None) -> DesignedAnalysis:
     """Design-aware biomarker table, ``condition_tests.csv`` and ``mixed_models.csv`` (see the module).
+
+    ``design``: :func:`epikit.analysis.design.describe_design` of ``cells`` (the stage computes it
+    once, so the radial ``extra`` rows are tested at the same unit).
 
     Map rows are compared under the maps' target policy ``target`` (:func:`biomarker_table`);
     ``extra`` rows (radial intervals) join the q-value families.
@@ -74,10 +78,8 @@ def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame,
     different conditions explain different classes under every policy but one fixed class,
     so pooling them across conditions would mix the target into the comparison.
     """
-    _check(unit_test, overall_test, model, min_units)
     run_dir = Path(run_dir)
     long = attach_design(long, cells)
-    design = describe_design(long, min_units=min_units)
     reference = choose_reference(long["condition"].astype(str).unique(), reference or None)
     table = biomarker_table(long, reference, image_test, seed, target, design=design, unit_test=unit_test,
                             extra=extra)

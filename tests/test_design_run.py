@@ -90,6 +90,12 @@ def test_replicate_effect_alone_is_not_significant_at_the_replicate_level(tmp_pa
     mixed = pd.read_csv(run / MIXED_MODELS)
     assert {"var_replicate", "var_image", "var_cell", "icc"} <= set(mixed.columns)
     assert not (run / CONDITION_TESTS).exists()  # two conditions, no doses
+    # the radial profiles are tested at the same unit: 3 replicates per condition, not 12 images
+    assert summary["radial_profiles"]["unit"] == "replicate"
+    curves = pd.read_csv(run / "profile_curves.csv")
+    assert set(curves.loc[curves["kind"] == "condition", "n_units"]) == {3}
+    radial = pd.read_csv(run / "biomarkers.csv").query("region.str.startswith('radial')")
+    assert ((radial["unit"] == "replicate") & (radial["role"] == "design") & (radial["n_condition"] == 3)).all()
 
 
 def test_a_real_effect_is_found_at_the_replicate_level_and_stated_with_its_unit(tmp_path):

@@ -84,6 +84,21 @@ def unit_ids(table: pd.DataFrame, level: str, condition: str = "condition", imag
     return out
 
 
+def level_labels(table: pd.DataFrame, design: Design, condition: str = "condition",
+                 image: str = "image_id") -> list[pd.Series]:
+    """Per row, the unit id of every level from the design unit down to the one above the image.
+
+    Top first (``[replicate, group]`` ids for a replicate unit with multi-image groups, ``[]``
+    for the image unit): how the design unit nests its images, for averaging level by level.
+    """
+    chain = design.levels[design.levels.index(design.unit):-1]
+    missing = [level for level in chain if level not in table.columns]
+    if missing:
+        raise DataError(f"the table lacks the {', '.join(missing)} column(s) of its design "
+                        f"({design.unit} unit); attach the cells' design columns (attach_design)")
+    return [unit_ids(table, level, condition, image) for level in chain]
+
+
 def _check_nesting(table: pd.DataFrame, condition: str, image: str) -> None:
     """Every image lies in one condition, one replicate and one group."""
     for inner, outer in [(image, outer) for outer in (condition, *NESTING_COLUMNS) if outer in table.columns]:
