@@ -148,7 +148,7 @@ def biomarker_run(
         "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
         "q_values": "Benjamini-Hochberg within each unit (design-unit rows; each comparison level separately)",
         "design": designed.summary,
-        "profiles": shell_profiles(long, seed),
+        "profiles": shell_profiles(long, seed, target=policy or "contrast", reference=reference),
         "radial_profiles": radial.summary,
     }
     if trust:

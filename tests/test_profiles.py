@@ -237,3 +237,35 @@ def test_micrometre_profiles_when_cells_have_a_pixel_size(effect_runs, tmp_path)
     assert set(long["scale"]) == {"relative", "um"}
     um = long[long["scale"] == "um"]
     assert um["stop"].max() == pytest.approx(5.0) and um["value"].notna().any()
+
+
+def test_report_draws_one_radial_figure_per_explained_class(tmp_path):
+    """Contrast with three conditions: ctrl's maps for tsa and for vpa are two figures, never one."""
+    from epikit.report.figures import FigureWriter
+    from epikit.report.sections.common import ReportContext
+    from epikit.report.sections.profiles import profiles_section
+    from epikit.runfolder.reader import RunFolder
+
+    def curve(name, kind, source, explainer, channel, target, level):
+        return pd.DataFrame({"source": source, "explainer": explainer, "channel": channel, "target": target,
+                             "scale": "relative", "curve": name, "kind": kind, "bin": np.arange(4),
+                             "start": EDGES[:4], "stop": EDGES[1:5], "value": level, "low": level - 0.1,
+                             "high": level + 0.1, "n_units": 6, "significant": False})
+
+    parts = [curve("ctrl", "condition", "image", "", "H3K27ac", "", 1.0),
+             curve("vpa", "condition", "image", "", "H3K27ac", "", 1.1),
+             curve("vpa - ctrl", "difference", "image", "", "H3K27ac", "", 0.1)]
+    for target, level in (("tsa", 0.5), ("vpa", 1.5)):
+        parts += [curve("ctrl", "condition", "map", "gradcam", "all", target, level),
+                  curve(target, "condition", "map", "gradcam", "all", target, level + 0.2),
+                  curve(f"{target} - ctrl", "difference", "map", "gradcam", "all", target, 0.2)]
+    pd.concat(parts).to_csv(tmp_path / "profile_curves.csv", index=False)
+    pd.DataFrame([{"source": "map", "explainer": "gradcam", "channel": "all", "region": "radial[0.00,0.20)",
+                   "target": "vpa", "condition": "vpa", "reference": "ctrl", "effect": 0.2, "p_value": 0.01,
+                   "q_value": 0.02, "unit": "image", "n_condition": 6, "n_reference": 6}]).to_csv(
+        tmp_path / "biomarkers.csv", index=False)
+    html = str(profiles_section(ReportContext(RunFolder(tmp_path), FigureWriter(tmp_path / "figures"))))
+    assert html.count("<img") == 3
+    assert "gradcam maps (all view): evidence for tsa" in html and "evidence for vpa" in html
+    header = html[html.index("Tested intervals"):]
+    assert "<th>target</th>" in header and "<td>vpa</td>" in header

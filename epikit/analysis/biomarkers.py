@@ -206,9 +206,37 @@ def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test
     return table[list(COLUMNS)].reset_index(drop=True)
 
 
-def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> list[dict[str, Any]]:
-    """Mean shell-share profile per source/channel/condition with a bootstrap band over images."""
+def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000, target: str = "contrast",
+                   reference: str | None = None) -> list[dict[str, Any]]:
+    """Mean shell-share profile per quantity and condition with a bootstrap band over images.
+
+    Image rows: one profile per channel and condition (``target`` ""). Map rows: per
+    comparison of a condition with ``reference``, the maps that comparison sets side by side
+    under the target policy ``target`` (:func:`comparison_maps`), labelled like its
+    ``biomarkers.csv`` rows (:func:`target_label`), so a profile never averages maps explained
+    for different classes; a profile that two comparisons share (the reference's under ``own``)
+    is listed once.
+    """
+    is_map = long["source"] == "map"
+    blocks = [(long[~is_map], "")]
+    if is_map.any():
+        reference = choose_reference(long["condition"].unique(), reference)
+        blocks += [(comparison_maps(long[is_map], target, condition, reference),
+                    target_label(target, condition, reference))
+                   for condition in sorted(set(long.loc[is_map, "condition"]) - {reference})]
+    profiles: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows, label in blocks:
+        for profile in _condition_profiles(rows, seed, n_boot):
+            key = (profile["source"], profile["explainer"], profile["channel"], label, profile["condition"])
+            profiles.setdefault(key, {**profile, "target": label})
+    return list(profiles.values())
+
+
+def _condition_profiles(long: pd.DataFrame, seed: int, n_boot: int) -> list[dict[str, Any]]:
+    """Per source/explainer/channel/condition of ``long`` the mean shell shares over images with a band."""
     shells = long[long["region"] != RIM_VS_CENTRE]
+    if shells.empty:
+        return []
     per_image = shells.groupby(["source", "explainer", "channel", "condition", "image_id", "region"],
                                sort=True)["value"].mean().unstack("region")
     per_image = per_image[sorted(per_image.columns, key=lambda r: int(r.split("_")[1]))]
