@@ -269,3 +269,12 @@ def test_report_draws_one_radial_figure_per_explained_class(tmp_path):
     assert "gradcam maps (all view): evidence for tsa" in html and "evidence for vpa" in html
     header = html[html.index("Tested intervals"):]
     assert "<th>target</th>" in header and "<td>vpa</td>" in header
+
+
+def test_biomarkers_csv_keeps_the_statistic_of_radial_rows(effect_runs):
+    table = pd.read_csv(effect_runs["periphery"] / "biomarkers.csv", keep_default_na=False, na_values=[""])
+    radial = table["region"].str.startswith("radial")
+    assert radial.any()
+    assert (table.loc[radial, "statistic"] == "bin mean / nucleus mean; cluster mass of Welch t").all()
+    assert set(table.loc[~radial, "statistic"]) == {"share", "share_rim - share_centre"}
+    assert (table.loc[table["region"] == "rim_vs_centre", "statistic"] == "share_rim - share_centre").all()

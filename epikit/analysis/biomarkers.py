@@ -197,7 +197,10 @@ def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test
     if extra is not None and len(extra):
         parts.append(extra)
     table = adjust_within_units(pd.concat(parts, ignore_index=True))
-    table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
+    # shell rows say which share they test; extra rows (radial intervals) keep their own statistic
+    shell = pd.Series(np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share"), table.index)
+    kept = table["statistic"] if "statistic" in table else shell
+    table["statistic"] = kept.where(table["region"].map(is_interval_region).astype(bool), shell)
     order = {"design": 0, "comparison": 1, "replicate": 0, "group": 1, "image": 2, "cell": 3}
     table = table.sort_values(
         ["role", "unit", "q_value", "p_value"],
