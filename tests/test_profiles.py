@@ -39,6 +39,17 @@ def test_outline_distance_matches_one_mask_at_a_time_and_nuclei_do_not_see_each_
     np.testing.assert_allclose(distance[0][masks[0]], alone[masks[0]], rtol=1e-6)
 
 
+def test_a_nucleus_clipped_by_its_crop_ends_at_the_crop_border_on_every_side():
+    yy, xx = np.mgrid[:41, :41]
+    centres = [(20, 6), (20, 34), (6, 20), (34, 20)]  # discs of radius 16 cut by the left, right, top, bottom
+    clipped = np.stack([np.hypot(yy - cy, xx - cx) <= 16 for cy, cx in centres])
+    distance = outline_distance(clipped)
+    for mask, measured in zip(clipped, distance):
+        alone = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5
+        np.testing.assert_allclose(measured[mask], alone[mask], rtol=1e-9)
+    assert distance[0][20, 0] == 0.5 and distance[2][0, 20] == 0.5  # a border pixel is on the outline
+
+
 def test_relative_bins_run_from_the_outline_to_the_centre_and_follow_a_crescent():
     bins = radial_bins(disc()[None], 10)[0]
     assert bins[disc()].min() == 0 and bins[20, 20] == 9 and (bins[~disc()] == -1).all()
