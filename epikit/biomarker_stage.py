@@ -44,7 +44,7 @@ from epikit.errors import ConfigError
 from epikit.io.store import write_csv
 from epikit.options import BiomarkerOptions
 from epikit.analysis.radial import is_interval_region
-from epikit.radial_biomarkers import radial_biomarkers
+from epikit.radial_biomarkers import check_profile_options, radial_biomarkers
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
 from epikit.runfolder.crops import read_masks
@@ -105,7 +105,10 @@ def biomarker_run(
         raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
     if trust and not maps:
         raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"biomarkers.alpha = {alpha!r} must lie strictly between 0 and 1 (e.g. 0.05)")
     check_design_options(unit_test, overall_test, model, min_units)
+    check_profile_options(profile_bins, profile_bin_um, profile_resamples)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     dataset = CellDataset(run_dir)

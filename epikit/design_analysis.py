@@ -52,7 +52,7 @@ def check_design_options(unit_test: str, overall_test: str, model: str, min_unit
         raise ConfigError(f"biomarkers.overall_test {overall_test!r} is not one of: {', '.join(OVERALL_STATISTICS)}")
     if model not in MODELS:
         raise ConfigError(f"biomarkers.model {model!r} is not one of: {', '.join(MODELS)}")
-    if int(min_units) != min_units or min_units < 2:
+    if isinstance(min_units, bool) or not isinstance(min_units, (int, np.integer)) or min_units < 2:
         raise ConfigError(f"biomarkers.min_units = {min_units!r} must be a whole number >= 2")
 
 

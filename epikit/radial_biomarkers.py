@@ -34,7 +34,7 @@ from epikit.analysis.biomarkers import COLUMNS
 from epikit.analysis.design import Design, attach_design
 from epikit.analysis.radial import compare_profiles, interval_region, is_interval_region, localisation
 from epikit.analysis.targets import side_targets
-from epikit.errors import DataError
+from epikit.errors import ConfigError, DataError
 from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
 from epikit.runfolder.layout import MAPS
 from epikit.runfolder.maps import StoredMaps
@@ -80,6 +80,14 @@ class RadialBiomarkers:
                                                 "reference", "effect", "cliffs_delta", "hedges_g", "p_value",
                                                 "q_value", "unit", "n_condition", "n_reference")}}
                 for rank, row in enumerate(found.to_dict("records"), start=first_rank)]
+
+
+def check_profile_options(bins: int, bin_um: float, resamples: int) -> None:
+    """Raise a one-line :class:`ConfigError` for bad profile bins, bin width or resample count."""
+    bin_edges(bins, "um", bin_um)  # checks the bins and the width
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ConfigError(f"biomarkers.profile_resamples = {resamples!r} must be a whole number >= 1 "
+                          "(bootstrap replicates and permutations; e.g. 1000)")
 
 
 def _pixel_um(cells: pd.DataFrame) -> np.ndarray | None:

@@ -168,3 +168,20 @@ def test_the_classifier_trains_on_every_condition_of_a_dose_series(tmp_path):
     assert sorted(scores["per_class"]) == ["ctrl", "d1", "d4"]
     matrix = np.array(scores["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == len(pd.read_parquet(run / "cells.parquet"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"alpha": 1.5}, "biomarkers.alpha = 1.5 must lie strictly between 0 and 1"),
+    ({"profile_resamples": -5}, "biomarkers.profile_resamples = -5 must be a whole number >= 1"),
+    ({"profile_bins": 1}, "profile bins must be an integer from 2 to 1000"),
+    ({"profile_bin_um": 0.0}, "profile bin width must be a positive number"),
+    ({"min_units": 1}, "biomarkers.min_units = 1 must be a whole number >= 2"),
+    ({"unit_test": "z"}, "biomarkers.unit_test 'z' is not one of"),
+    ({"overall_test": "anova"}, "biomarkers.overall_test 'anova' is not one of"),
+    ({"model": "glmm"}, "biomarkers.model 'glmm' is not one of"),
+])
+def test_biomarker_options_are_checked_before_any_work(tmp_path, bad, message):
+    """A bad option is a one-line ConfigError before the run folder is even read (none exists here)."""
+    with pytest.raises(ConfigError, match=message) as error:
+        biomarker_run(tmp_path / "no-run-yet", trust=False, maps=False, **bad)
+    assert "\n" not in str(error.value)
