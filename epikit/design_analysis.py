@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epikit.analysis.biomarkers import KEYS, biomarker_table, rank_findings
+from epikit.analysis.biomarkers import KEYS, biomarker_table, plain, rank_findings
 from epikit.analysis.design import Design, attach_design
 from epikit.analysis.mixed import MODELS, mixed_table
 from epikit.analysis.multigroup import OVERALL_STATISTICS, across_conditions
@@ -112,7 +112,7 @@ def _across_summary(across: pd.DataFrame, alpha: float) -> dict[str, Any]:
     if "trend_q" in across:
         out["n_significant_trend"] = int((across["trend_q"] < alpha).sum())
         best = across.sort_values(["trend_q", "trend_p"], kind="mergesort").iloc[0]
-        out["strongest_trend"] = {k: _plain(best[k]) for k in (*KEYS, "trend_direction", "trend_tau", "trend_p",
+        out["strongest_trend"] = {k: plain(best[k]) for k in (*KEYS, "trend_direction", "trend_tau", "trend_p",
                                                                 "trend_q", "doses", "monotone_fit")}
     return out
 
@@ -124,7 +124,7 @@ def design_findings(designed: DesignedAnalysis, alpha: float, n_shells: int) -> 
     if designed.mixed is not None:
         for record in designed.mixed.to_dict("records"):
             key = (*[record[k] for k in KEYS], record["condition"])
-            lookup[key] = {k: _plain(record[k]) for k in MIXED_FIELDS}
+            lookup[key] = {k: plain(record[k]) for k in MIXED_FIELDS}
     for finding in found:
         finding["effective_n"] = {finding["condition"]: finding["n_condition"],
                                   finding["reference"]: finding["n_reference"]}
@@ -132,9 +132,3 @@ def design_findings(designed: DesignedAnalysis, alpha: float, n_shells: int) -> 
         if mixed is not None:
             finding["mixed"] = mixed
     return found
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

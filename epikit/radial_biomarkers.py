@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epikit.analysis.biomarkers import COLUMNS
+from epikit.analysis.biomarkers import COLUMNS, plain
 from epikit.analysis.design import Design, attach_design
 from epikit.analysis.radial import compare_profiles, interval_region, is_interval_region, localisation
 from epikit.analysis.targets import side_targets
@@ -76,7 +76,7 @@ class RadialBiomarkers:
         return [{"rank": rank, "text": _finding_text(row, row["scale"]),
                  "localisation": localisation(row["start"], row["stop"], _deepest(self.bins, row["scale"], self.bin_um),
                                               row["effect"]),
-                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
+                 **{k: plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
                                                 "reference", "effect", "cliffs_delta", "hedges_g", "p_value",
                                                 "q_value", "unit", "n_condition", "n_reference")}}
                 for rank, row in enumerate(found.to_dict("records"), start=first_rank)]
@@ -238,7 +238,3 @@ def radial_biomarkers(
 def _deepest(bins: int, scale: str, bin_um: float) -> float:
     """The deepest edge of a scale's bins (1, or ``bins * bin_um`` micrometres)."""
     return float(bin_edges(bins, scale, bin_um)[-1])
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -295,7 +295,7 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
             "rank": rank,
             "text": finding_text(row, n_shells),
             "localisation": localisation(row["region"], row["effect"], n_shells),
-            **{key: _plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
+            **{key: plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
                                                   "reference", "effect", "cliffs_delta", "hedges_g",
                                                   "p_value", "q_value", "unit", "n_condition", "n_reference")},
         })
@@ -324,7 +324,8 @@ def note_opposite_localisations(findings: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for JSON); anything else unchanged."""
     if isinstance(value, np.generic):
         return value.item()
     return value
