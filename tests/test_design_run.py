@@ -155,6 +155,22 @@ def test_epikit_power_prints_its_table_and_writes_the_plan(tmp_path):
                                           "--simulations", "300"])
     assert detectable.exit_code == 0 and "detectable_effect" in detectable.output
     assert np.isfinite(pd.read_csv(run / POWER_TABLE)["detectable_effect"]).all()
+    # --min-units: with 2 replicates per condition enough, 2 replicates are tested at the replicate level
+    two = CliRunner().invoke(app, ["power", str(run), "--effect", "0.05", "--replicates", "2", "--images", "2",
+                                   "--simulations", "200", "--min-units", "2"])
+    assert two.exit_code == 0, two.output
+    assert list(pd.read_csv(run / POWER_TABLE)["unit"]) == ["replicate"]
+    assert json.loads((run / "metrics.json").read_text())["power"]["min_units"] == 2
+    bad = CliRunner().invoke(app, ["power", str(run), "--min-units", "1"])
+    assert bad.exit_code != 0 and "min_units = 1 must be a whole number >= 2" in bad.output
+
+
+def test_the_design_reports_the_min_units_it_used(tmp_path):
+    cells = pd.DataFrame({"cell_id": range(8), "image_id": [f"i{k // 2}" for k in range(8)],
+                          "condition": ["ctrl"] * 4 + ["vpa"] * 4})
+    design = describe_design(cells, min_units=2)
+    assert design.unit == "image" and design.to_dict()["min_units"] == 2
+    assert describe_design(cells).to_dict()["min_units"] == 3 and describe_design(cells).unit == "image"
 
 
 def test_the_classifier_trains_on_every_condition_of_a_dose_series(tmp_path):

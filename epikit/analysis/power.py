@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from epikit.analysis.biomarkers import region_values
-from epikit.analysis.design import unit_ids
+from epikit.analysis.design import MIN_UNITS, unit_ids
 from epikit.analysis.mixed import pooled_variance
 from epikit.analysis.stats import minimum_p
 from epikit.errors import ConfigError, DataError
@@ -153,7 +153,7 @@ class _Experiments:
 
 def simulate_power(components: VarianceComponents, effect: float | None, replicates: list[int],
                    images: list[int], alpha: float = 0.05, target: float = 0.8, n_simulations: int = 2000,
-                   min_units: int = 3, seed: int = 0) -> pd.DataFrame:
+                   min_units: int = MIN_UNITS, seed: int = 0) -> pd.DataFrame:
     """Power (or, with ``effect=None``, the effect detectable at ``target`` power) over the grid.
 
     One row per replicates x images (per replicate and condition): ``images_per_condition``,
@@ -164,6 +164,9 @@ def simulate_power(components: VarianceComponents, effect: float | None, replica
         raise ConfigError("the grid needs replicates >= 1 and images >= 1 per replicate")
     if not 0 < alpha < 1 or not 0 < target < 1 or n_simulations < 100:
         raise ConfigError("alpha and the target power must lie in (0, 1), simulations >= 100")
+    if isinstance(min_units, bool) or not isinstance(min_units, (int, np.integer)) or min_units < 2:
+        raise ConfigError(f"min_units = {min_units!r} must be a whole number >= 2 (replicates per condition "
+                          "that make the replicate the unit; --min-units)")
     rows = []
     for r in sorted(set(replicates)):
         for m in sorted(set(images)):
