@@ -278,6 +278,7 @@ def test_report_draws_one_radial_figure_per_explained_class(tmp_path):
     html = str(profiles_section(ReportContext(RunFolder(tmp_path), FigureWriter(tmp_path / "figures"))))
     assert html.count("<img") == 3
     assert "gradcam maps (all view): evidence for tsa" in html and "evidence for vpa" in html
+    assert "Average nuclei are left out" in html  # the stored averages do not tell the classes apart
     header = html[html.index("Tested intervals"):]
     assert "<th>target</th>" in header and "<td>vpa</td>" in header
 

@@ -75,6 +75,9 @@ def profiles_section(report: ReportContext) -> Markup:
         figure = radial_profile_figure(rows, title, {} if mixed else _averages(report, source, channel))
         src = report.figures.save(figure, "radial", source, explainer, channel, target)
         body.append(image(src, f"radial profile of {title}", CAPTION if not body else None))
+    if (relative["source"] == "map").any() and (classes.loc["map"] > 1).any():
+        body.append(note("Average nuclei are left out of the map figures of a view that explains several "
+                         "classes: the stored averages take each cell's first map, whatever its class."))
     if (curves["scale"] == "um").any():
         body.append(note("Micrometre profiles (bins from the outline in um) are in profile_curves.csv "
                          "and epikit.profiles(run, level='condition')."))
