@@ -33,7 +33,8 @@ from epikit.analysis.biomarkers import (
     shares_table,
     shell_profiles,
 )
-from epikit.design_analysis import analyse_design, design_findings
+from epikit.analysis.design import describe_design
+from epikit.design_analysis import analyse_design, check_design_options, design_findings
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference, condition_doses
 from epikit.analysis.target_swap import (
     TARGET_DRIVEN,
@@ -48,7 +49,7 @@ from epikit.errors import ConfigError
 from epikit.io.store import write_csv
 from epikit.options import BiomarkerOptions
 from epikit.analysis.radial import is_interval_region
-from epikit.radial_biomarkers import radial_biomarkers
+from epikit.radial_biomarkers import check_profile_options, radial_biomarkers
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
 from epikit.runfolder.crops import read_masks
@@ -110,6 +111,10 @@ def biomarker_run(
         raise ConfigError(f"image-level test {image_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
     if trust and not maps:
         raise ConfigError("the trust checks examine explanation maps: use maps=True or trust=False")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"biomarkers.alpha = {alpha!r} must lie strictly between 0 and 1 (e.g. 0.05)")
+    check_design_options(unit_test, overall_test, model, min_units)
+    check_profile_options(profile_bins, profile_bin_um, profile_resamples)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     dataset = CellDataset(run_dir)
@@ -131,13 +136,13 @@ def biomarker_run(
     for channel, shares in channel_shares.items():
         frames.append(shares_table(cells, shares, "image", "", channel))
     long = pd.concat(frames, ignore_index=True)
-    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, bins=profile_bins,
-                               bin_um=profile_bin_um, resamples=profile_resamples, seed=seed,
+    design = describe_design(cells, min_units=min_units)  # one unit for the shell and the radial tests
+    radial = radial_biomarkers(run_dir, cells, dataset.channel_names, map_sets, reference, design,
+                               bins=profile_bins, bin_um=profile_bin_um, resamples=profile_resamples, seed=seed,
                                policy=policy or "contrast")
-    designed = analyse_design(run_dir, long, cells, reference=reference, seed=seed, alpha=alpha,
-                              image_test=image_test, min_units=min_units, unit_test=unit_test,
-                              overall_test=overall_test, model=model, target=policy or "contrast",
-                              extra=radial.rows[list(COLUMNS)])
+    designed = analyse_design(run_dir, long, cells, design, reference=reference, seed=seed, alpha=alpha,
+                              image_test=image_test, unit_test=unit_test, overall_test=overall_test,
+                              model=model, target=policy or "contrast", extra=radial.rows[list(COLUMNS)])
     table = designed.table
     findings = design_findings(designed, alpha, n_shells)
     findings += radial.findings(table, alpha, first_rank=len(findings) + 1)
@@ -154,7 +159,7 @@ def biomarker_run(
         "n_significant_cell_level": int(((table["unit"] == "cell") & (table["q_value"] < alpha)).sum()),
         "q_values": "Benjamini-Hochberg within each unit (design-unit rows; each comparison level separately)",
         "design": designed.summary,
-        "profiles": shell_profiles(long, seed),
+        "profiles": shell_profiles(long, seed, target=policy or "contrast", reference=reference),
         "radial_profiles": radial.summary,
     }
     if trust:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epikit.analysis.biomarkers import KEYS, biomarker_table, rank_findings
-from epikit.analysis.design import Design, attach_design, describe_design
+from epikit.analysis.biomarkers import KEYS, biomarker_table, plain, rank_findings
+from epikit.analysis.design import Design, attach_design
 from epikit.analysis.mixed import MODELS, mixed_table
 from epikit.analysis.multigroup import OVERALL_STATISTICS, across_conditions
 from epikit.analysis.stats import IMAGE_TESTS, choose_reference
@@ -44,14 +44,15 @@ class DesignedAnalysis:
     mixed: pd.DataFrame | None
 
 
-def _check(unit_test: str, overall_test: str, model: str, min_units: int) -> None:
+def check_design_options(unit_test: str, overall_test: str, model: str, min_units: int) -> None:
+    """Raise a one-line :class:`ConfigError` for an unknown test or model, or ``min_units`` below 2."""
     if unit_test not in IMAGE_TESTS:
         raise ConfigError(f"biomarkers.unit_test {unit_test!r} is not one of: {', '.join(IMAGE_TESTS)}")
     if overall_test not in OVERALL_STATISTICS:
         raise ConfigError(f"biomarkers.overall_test {overall_test!r} is not one of: {', '.join(OVERALL_STATISTICS)}")
     if model not in MODELS:
         raise ConfigError(f"biomarkers.model {model!r} is not one of: {', '.join(MODELS)}")
-    if int(min_units) != min_units or min_units < 2:
+    if isinstance(min_units, bool) or not isinstance(min_units, (int, np.integer)) or min_units < 2:
         raise ConfigError(f"biomarkers.min_units = {min_units!r} must be a whole number >= 2")
 
 
@@ -62,11 +63,14 @@ def _write_or_remove(frame: pd.DataFrame | None, path: Path) -> None:
         write_csv(frame, path)
 
 
-def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame, *, reference: str | None,
-                   seed: int, alpha: float, image_test: str, min_units: int, unit_test: str,
+def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame, design: Design, *,
+                   reference: str | None, seed: int, alpha: float, image_test: str, unit_test: str,
                    overall_test: str, model: str, target: str = "contrast",
                    extra: pd.DataFrame | None = None) -> DesignedAnalysis:
     """Design-aware biomarker table, ``condition_tests.csv`` and ``mixed_models.csv`` (see the module).
+
+    ``design``: :func:`epikit.analysis.design.describe_design` of ``cells`` (the stage computes it
+    once, so the radial ``extra`` rows are tested at the same unit).
 
     Map rows are compared under the maps' target policy ``target`` (:func:`biomarker_table`);
     ``extra`` rows (radial intervals) join the q-value families.
@@ -74,10 +78,8 @@ def analyse_design(run_dir: str | Path, long: pd.DataFrame, cells: pd.DataFrame,
     different conditions explain different classes under every policy but one fixed class,
     so pooling them across conditions would mix the target into the comparison.
     """
-    _check(unit_test, overall_test, model, min_units)
     run_dir = Path(run_dir)
     long = attach_design(long, cells)
-    design = describe_design(long, min_units=min_units)
     reference = choose_reference(long["condition"].astype(str).unique(), reference or None)
     table = biomarker_table(long, reference, image_test, seed, target, design=design, unit_test=unit_test,
                             extra=extra)
@@ -110,7 +112,7 @@ def _across_summary(across: pd.DataFrame, alpha: float) -> dict[str, Any]:
     if "trend_q" in across:
         out["n_significant_trend"] = int((across["trend_q"] < alpha).sum())
         best = across.sort_values(["trend_q", "trend_p"], kind="mergesort").iloc[0]
-        out["strongest_trend"] = {k: _plain(best[k]) for k in (*KEYS, "trend_direction", "trend_tau", "trend_p",
+        out["strongest_trend"] = {k: plain(best[k]) for k in (*KEYS, "trend_direction", "trend_tau", "trend_p",
                                                                 "trend_q", "doses", "monotone_fit")}
     return out
 
@@ -122,7 +124,7 @@ def design_findings(designed: DesignedAnalysis, alpha: float, n_shells: int) -> 
     if designed.mixed is not None:
         for record in designed.mixed.to_dict("records"):
             key = (*[record[k] for k in KEYS], record["condition"])
-            lookup[key] = {k: _plain(record[k]) for k in MIXED_FIELDS}
+            lookup[key] = {k: plain(record[k]) for k in MIXED_FIELDS}
     for finding in found:
         finding["effective_n"] = {finding["condition"]: finding["n_condition"],
                                   finding["reference"]: finding["n_reference"]}
@@ -130,9 +132,3 @@ def design_findings(designed: DesignedAnalysis, alpha: float, n_shells: int) -> 
         if mixed is not None:
             finding["mixed"] = mixed
     return found
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

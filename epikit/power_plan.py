@@ -39,7 +39,7 @@ def plan_power(run_dir: str | Path, options: PowerOptions = PowerOptions()) -> d
     _figure(table, options, run_dir / POWER_FIGURE)
     plan = {
         "feature": options.feature, "effect": options.effect, "alpha": options.alpha, "target_power": options.power,
-        "simulations": options.simulations, "components": components.to_dict(),
+        "simulations": options.simulations, "min_units": options.min_units, "components": components.to_dict(),
         "assumptions": [] if components.replicate is not None else [
             "the pilot has one replicate per condition: between-replicate variance assumed 0 (optimistic)"],
         "recommendation": recommend(table, options.power), "seconds": round(time.perf_counter() - started, 2),

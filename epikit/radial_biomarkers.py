@@ -9,12 +9,15 @@ column, micrometres from the outline (``um``; a crop pixel is ``pixel_size_um / 
 Measured on the crops, image and map profiles share one geometry.
 
 Each quantity is compared between conditions by :func:`epikit.analysis.radial.compare_profiles`
-(images as units, replicate groups when they nest images; hierarchical bootstrap bands;
-cluster-mass permutation test with family-wise error control over bins). It writes
+at the design unit of the stage (:func:`epikit.analysis.design.describe_design` of the cells,
+the same unit as the shell rows: images, or groups or replicates with the design's unit ids;
+hierarchical bootstrap bands; cluster-mass permutation test with family-wise error control
+over bins). It writes
 ``profiles.parquet`` and ``profile_curves.csv`` (:mod:`epikit.runfolder.profiles`) and
 returns the tested intervals as ``biomarkers.csv`` rows (region ``radial[a,b)``, or
 ``radial_um[a,b)``; ``p_value`` FWER-adjusted over bins, ``q_value`` Benjamini-Hochberg over
-every interval row) and the intervals with ``q < alpha`` as findings.
+every interval row) and the intervals with ``q < alpha`` as findings (rows of the design unit,
+``role="design"``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epikit.analysis.biomarkers import COLUMNS
+from epikit.analysis.biomarkers import COLUMNS, plain
+from epikit.analysis.design import Design, attach_design
 from epikit.analysis.radial import compare_profiles, interval_region, is_interval_region, localisation
 from epikit.analysis.targets import side_targets
-from epikit.errors import DataError
+from epikit.errors import ConfigError, DataError
 from epikit.nuclei.profiles import bin_edges, outline_distance, radial_profiles
 from epikit.runfolder.layout import MAPS
 from epikit.runfolder.maps import StoredMaps
@@ -55,24 +59,35 @@ class RadialBiomarkers:
     summary: dict[str, Any] = field(default_factory=dict)
     bins: int = 20
     bin_um: float = 0.25
+    unit: str = "image"
 
     def findings(self, table: pd.DataFrame, alpha: float, first_rank: int = 1) -> list[dict[str, Any]]:
-        """The interval rows of the final ``table`` with ``q < alpha`` as findings (ranked by q, p)."""
+        """The interval rows of the design unit in the final ``table`` with ``q < alpha`` as findings
+        (ranked by q, p)."""
         if not len(self.rows):
             self.summary["n_significant"] = 0
             return []
         keys = ["source", "explainer", "channel", "target", "region", "condition", "reference", "unit"]
         final = table[table["region"].map(is_interval_region)][[*keys, "q_value"]]
         rows = self.rows.drop(columns="q_value").merge(final, on=keys, how="left")
-        found = rows[rows["q_value"] < alpha].sort_values(["q_value", "p_value"], kind="mergesort")
+        found = rows[(rows["unit"] == self.unit) & (rows["q_value"] < alpha)].sort_values(
+            ["q_value", "p_value"], kind="mergesort")
         self.summary["n_significant"] = int(len(found))
         return [{"rank": rank, "text": _finding_text(row, row["scale"]),
                  "localisation": localisation(row["start"], row["stop"], _deepest(self.bins, row["scale"], self.bin_um),
                                               row["effect"]),
-                 **{k: _plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
+                 **{k: plain(row[k]) for k in ("source", "explainer", "channel", "target", "region", "condition",
                                                 "reference", "effect", "cliffs_delta", "hedges_g", "p_value",
                                                 "q_value", "unit", "n_condition", "n_reference")}}
                 for rank, row in enumerate(found.to_dict("records"), start=first_rank)]
+
+
+def check_profile_options(bins: int, bin_um: float, resamples: int) -> None:
+    """Raise a one-line :class:`ConfigError` for bad profile bins, bin width or resample count."""
+    bin_edges(bins, "um", bin_um)  # checks the bins and the width
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ConfigError(f"biomarkers.profile_resamples = {resamples!r} must be a whole number >= 1 "
+                          "(bootstrap replicates and permutations; e.g. 1000)")
 
 
 def _pixel_um(cells: pd.DataFrame) -> np.ndarray | None:
@@ -172,13 +187,14 @@ def _finding_text(row: dict[str, Any], scale: str) -> str:
 
 def radial_biomarkers(
     run_dir: str | Path, cells: pd.DataFrame, channel_names: Sequence[str], map_sets: Sequence[StoredMaps],
-    reference: str, *, bins: int = 20, bin_um: float = 0.25, resamples: int = 1000, seed: int = 0,
-    policy: str = "contrast",
+    reference: str, design: Design, *, bins: int = 20, bin_um: float = 0.25, resamples: int = 1000,
+    seed: int = 0, policy: str = "contrast",
 ) -> RadialBiomarkers:
     """Profile every cell, write ``profiles.parquet`` and ``profile_curves.csv``, test every quantity.
 
-    Map quantities are compared only between maps explaining one class (``policy``: the maps'
-    target policy; :func:`comparable_maps`).
+    Every quantity is tested at the unit of ``design`` (the stage's design of ``cells``, the
+    one its shell rows use). Map quantities are compared only between maps explaining one class
+    (``policy``: the maps' target policy; :func:`comparable_maps`).
 
     ``resamples``: bootstrap replicates of the bands and random permutations of the test (the
     test enumerates every label assignment when there are few enough).
@@ -194,33 +210,31 @@ def radial_biomarkers(
                 skipped.append(f"{key[1]} {key[2]} maps for {key[3]}")
                 continue
         wide = block.pivot(index="cell_id", columns="bin", values="value")
-        meta = block.drop_duplicates("cell_id").set_index("cell_id").loc[wide.index]
+        meta = attach_design(block.drop_duplicates("cell_id").set_index("cell_id").loc[wide.index].reset_index(),
+                             cells)
         edges = bin_edges(bins, key[4], bin_um)
         result = compare_profiles(wide.to_numpy(), meta, reference, edges, n_boot=resamples,
-                                  n_permutations=resamples, seed=seed)
+                                  n_permutations=resamples, seed=seed, design=design)
         labels = dict(zip(QUANTITY, key))
         curves.append(result.curves.assign(**labels))
         for interval in result.intervals:
             rows.append({**labels, **interval, "region": interval_region(interval["start"], interval["stop"], key[4]),
                          "effect": interval["difference"],
-                         "statistic": "bin mean / nucleus mean; cluster mass of Welch t", "role": "design"})
+                         "statistic": "bin mean / nucleus mean; cluster mass of Welch t",
+                         "role": "design" if result.unit == design.unit else "comparison"})
     table = pd.DataFrame(rows, columns=[*COLUMNS, "scale", "start", "stop"])
     table["target"] = table["target"].fillna("").astype(str)
     all_curves = pd.concat(curves, ignore_index=True)  # image quantities are always there
     write_profile_curves(run_dir, all_curves[[*QUANTITY, *[c for c in all_curves if c not in QUANTITY]]])
     summary = {"bins": bins, "bin_um": bin_um, "scales": sorted(long["scale"].unique()),
-               "resamples": resamples, "n_intervals": int(len(table)),
+               "resamples": resamples, "n_intervals": int(len(table)), "unit": design.unit,
                "q_values": "Benjamini-Hochberg together with the shell rows of the same unit",
                "band": "95% simultaneous hierarchical bootstrap-t band",
                "test": "cluster-mass permutation of unit condition labels, FWER over bins",
                "maps_not_compared": sorted(set(skipped))}
-    return RadialBiomarkers(table, summary, bins, bin_um)
+    return RadialBiomarkers(table, summary, bins, bin_um, design.unit)
 
 
 def _deepest(bins: int, scale: str, bin_um: float) -> float:
     """The deepest edge of a scale's bins (1, or ``bins * bin_um`` micrometres)."""
     return float(bin_edges(bins, scale, bin_um)[-1])
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -19,6 +19,7 @@ from epikit.analysis.multigroup import (
     overall_test,
     trend_test,
 )
+from epikit.analysis.mixed import pooled_variance
 from epikit.analysis.power import VarianceComponents, simulate_power, variance_components
 from epikit.analysis.stats import student_t
 from epikit.errors import ConfigError, DataError
@@ -172,6 +173,20 @@ def test_variance_components_recover_the_simulated_ones():
     assert single.replicate is None
     with pytest.raises(ConfigError, match="neither a cells.parquet column"):
         variance_components(cells, "nothing:rim_vs_centre")
+
+
+def test_one_pooled_variance_serves_the_power_planner_and_the_mixed_models():
+    values = pd.Series([1.0, 3.0, np.nan, 2.0, 2.0, 8.0, 5.0])
+    within = pd.Series(["a", "a", "a", "b", "b", "c", "d"])
+    variance, dof = pooled_variance(values, within)  # a: var 2 (1 dof), b: 0 (1 dof); c, d: single values
+    assert (variance, dof) == (pytest.approx(1.0), 2)
+    assert pooled_variance(values[5:], within[5:]) == (pytest.approx(np.nan, nan_ok=True), 0)
+    # replicates rep1 .. rep3 recur in both conditions: six replicate units (condition|replicate)
+    cells = nested_table(np.random.default_rng(2), replicates=3, images=3, cells=5).rename(columns={"value": "f"})
+    components = variance_components(cells, "f")
+    assert components.cell == pytest.approx(pooled_variance(cells["f"], cells["image_id"])[0])
+    assert components.replicates_per_condition == 3
+    assert components.images_per_replicate == 3
 
 
 def test_simulated_power_matches_the_t_distribution_and_grows_with_replicates():

@@ -90,6 +90,12 @@ def test_replicate_effect_alone_is_not_significant_at_the_replicate_level(tmp_pa
     mixed = pd.read_csv(run / MIXED_MODELS)
     assert {"var_replicate", "var_image", "var_cell", "icc"} <= set(mixed.columns)
     assert not (run / CONDITION_TESTS).exists()  # two conditions, no doses
+    # the radial profiles are tested at the same unit: 3 replicates per condition, not 12 images
+    assert summary["radial_profiles"]["unit"] == "replicate"
+    curves = pd.read_csv(run / "profile_curves.csv")
+    assert set(curves.loc[curves["kind"] == "condition", "n_units"]) == {3}
+    radial = pd.read_csv(run / "biomarkers.csv").query("region.str.startswith('radial')")
+    assert ((radial["unit"] == "replicate") & (radial["role"] == "design") & (radial["n_condition"] == 3)).all()
 
 
 def test_a_real_effect_is_found_at_the_replicate_level_and_stated_with_its_unit(tmp_path):
@@ -149,6 +155,22 @@ def test_epikit_power_prints_its_table_and_writes_the_plan(tmp_path):
                                           "--simulations", "300"])
     assert detectable.exit_code == 0 and "detectable_effect" in detectable.output
     assert np.isfinite(pd.read_csv(run / POWER_TABLE)["detectable_effect"]).all()
+    # --min-units: with 2 replicates per condition enough, 2 replicates are tested at the replicate level
+    two = CliRunner().invoke(app, ["power", str(run), "--effect", "0.05", "--replicates", "2", "--images", "2",
+                                   "--simulations", "200", "--min-units", "2"])
+    assert two.exit_code == 0, two.output
+    assert list(pd.read_csv(run / POWER_TABLE)["unit"]) == ["replicate"]
+    assert json.loads((run / "metrics.json").read_text())["power"]["min_units"] == 2
+    bad = CliRunner().invoke(app, ["power", str(run), "--min-units", "1"])
+    assert bad.exit_code != 0 and "min_units = 1 must be a whole number >= 2" in bad.output
+
+
+def test_the_design_reports_the_min_units_it_used(tmp_path):
+    cells = pd.DataFrame({"cell_id": range(8), "image_id": [f"i{k // 2}" for k in range(8)],
+                          "condition": ["ctrl"] * 4 + ["vpa"] * 4})
+    design = describe_design(cells, min_units=2)
+    assert design.unit == "image" and design.to_dict()["min_units"] == 2
+    assert describe_design(cells).to_dict()["min_units"] == 3 and describe_design(cells).unit == "image"
 
 
 def test_the_classifier_trains_on_every_condition_of_a_dose_series(tmp_path):
@@ -162,3 +184,20 @@ def test_the_classifier_trains_on_every_condition_of_a_dose_series(tmp_path):
     assert sorted(scores["per_class"]) == ["ctrl", "d1", "d4"]
     matrix = np.array(scores["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == len(pd.read_parquet(run / "cells.parquet"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"alpha": 1.5}, "biomarkers.alpha = 1.5 must lie strictly between 0 and 1"),
+    ({"profile_resamples": -5}, "biomarkers.profile_resamples = -5 must be a whole number >= 1"),
+    ({"profile_bins": 1}, "profile bins must be an integer from 2 to 1000"),
+    ({"profile_bin_um": 0.0}, "profile bin width must be a positive number"),
+    ({"min_units": 1}, "biomarkers.min_units = 1 must be a whole number >= 2"),
+    ({"unit_test": "z"}, "biomarkers.unit_test 'z' is not one of"),
+    ({"overall_test": "anova"}, "biomarkers.overall_test 'anova' is not one of"),
+    ({"model": "glmm"}, "biomarkers.model 'glmm' is not one of"),
+])
+def test_biomarker_options_are_checked_before_any_work(tmp_path, bad, message):
+    """A bad option is a one-line ConfigError before the run folder is even read (none exists here)."""
+    with pytest.raises(ConfigError, match=message) as error:
+        biomarker_run(tmp_path / "no-run-yet", trust=False, maps=False, **bad)
+    assert "\n" not in str(error.value)

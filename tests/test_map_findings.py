@@ -137,3 +137,27 @@ def test_map_and_intensity_findings_at_opposite_ends_are_noted_next_to_both():
     assert "map findings (all rim_vs_centre)" in found[0]["opposite"]
     assert "intensity findings (H3K27ac rim_vs_centre)" in found[1]["opposite"]
     assert "opposite" not in found[2] and "opposite" not in found[3]
+
+
+def test_shell_profiles_of_maps_follow_the_comparisons_and_never_mix_targets():
+    """Contrast with three conditions: the reference's maps for tsa and for vpa are two profiles."""
+    from epikit.analysis.biomarkers import shell_profiles, shares_table
+
+    rows, shares_by_target = [], {"tsa": [0.4, 0.3, 0.3], "vpa": [0.2, 0.3, 0.5]}
+    for condition, targets in (("ctrl", ("tsa", "vpa")), ("tsa", ("tsa",)), ("vpa", ("vpa",))):
+        cells = pd.DataFrame({"cell_id": [f"{condition}{i}" for i in range(8)],
+                              "image_id": [f"{condition}/f{i // 2}" for i in range(8)], "condition": condition})
+        for target in targets:
+            shares = np.tile(shares_by_target[target], (8, 1))
+            rows.append(shares_table(cells, shares, "map", "gradcam", "all", np.full(8, target)))
+        rows.append(shares_table(cells, np.tile([0.3, 0.3, 0.4], (8, 1)), "image", "", "H3K27ac"))
+    profiles = shell_profiles(pd.concat(rows, ignore_index=True), n_boot=50, target="contrast", reference="ctrl")
+    maps = {(p["target"], p["condition"]): p["mean"] for p in profiles if p["source"] == "map"}
+    assert set(maps) == {("tsa", "ctrl"), ("tsa", "tsa"), ("vpa", "ctrl"), ("vpa", "vpa")}
+    assert maps[("vpa", "ctrl")] == pytest.approx(shares_by_target["vpa"])
+    assert maps[("tsa", "ctrl")] == pytest.approx(shares_by_target["tsa"])
+    images = [p for p in profiles if p["source"] == "image"]
+    assert len(images) == 3 and {p["target"] for p in images} == {""}
+    # under ``own`` the reference's side needs maps for ctrl: these cells have none, so no ctrl profile
+    own = shell_profiles(pd.concat(rows, ignore_index=True), n_boot=50, target="own", reference="ctrl")
+    assert {(p["target"], p["condition"]) for p in own if p["source"] == "map"} == {("own", "tsa"), ("own", "vpa")}

@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 import epikit
+from epikit.analysis.design import describe_design
 from epikit.analysis.curves import bootstrap_curves, cluster_test, hierarchical_mean, hierarchy, simultaneous_band
 from epikit.analysis.radial import compare_profiles
 from epikit.biomarker_stage import biomarker_run
@@ -36,6 +37,17 @@ def test_outline_distance_matches_one_mask_at_a_time_and_nuclei_do_not_see_each_
     assert distance[1][0, 20] == 0.5 and distance[1][20, 20] == 20.5
     alone = ndi.distance_transform_edt(np.pad(masks[0], 1))[1:-1, 1:-1] - 0.5
     np.testing.assert_allclose(distance[0][masks[0]], alone[masks[0]], rtol=1e-6)
+
+
+def test_a_nucleus_clipped_by_its_crop_ends_at_the_crop_border_on_every_side():
+    yy, xx = np.mgrid[:41, :41]
+    centres = [(20, 6), (20, 34), (6, 20), (34, 20)]  # discs of radius 16 cut by the left, right, top, bottom
+    clipped = np.stack([np.hypot(yy - cy, xx - cx) <= 16 for cy, cx in centres])
+    distance = outline_distance(clipped)
+    for mask, measured in zip(clipped, distance):
+        alone = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] - 0.5
+        np.testing.assert_allclose(measured[mask], alone[mask], rtol=1e-9)
+    assert distance[0][20, 0] == 0.5 and distance[2][0, 20] == 0.5  # a border pixel is on the outline
 
 
 def test_relative_bins_run_from_the_outline_to_the_centre_and_follow_a_crescent():
@@ -78,15 +90,62 @@ def test_micrometre_bins_leave_what_a_nucleus_does_not_reach_empty():
         radial_profiles(np.ones((2, 1, 41, 41)), mask, 10)
 
 
-def test_hierarchy_uses_groups_only_when_they_nest_images():
+def test_hierarchy_nests_the_given_levels_and_averages_level_by_level():
     images = np.array(["a", "a", "b", "c", "c", "d"])
-    assert len(hierarchy(images)) == 4 and len(hierarchy(images, images)) == 4
-    nested = hierarchy(images, np.array(["w1", "w1", "w1", "w2", "w2", "w2"]))
-    assert [len(unit) for unit in nested] == [2, 2]
+    assert len(hierarchy(images)) == 4 and all(len(unit) == 1 for unit in hierarchy(images))
+    wells = np.array(["w1", "w1", "w1", "w2", "w2", "w2"])
+    assert [len(unit) for unit in hierarchy(images, [wells])] == [2, 2]
     values = np.array([[0.0], [2.0], [4.0], [1.0], [1.0], [5.0]])
     curve, error = hierarchical_mean(values, images)
     assert curve[0] == pytest.approx(np.mean([1.0, 4.0, 1.0, 5.0])) and error[0] > 0
-    assert hierarchical_mean(values, images, ["w1", "w1", "w1", "w2", "w2", "w2"])[0][0] == pytest.approx(2.75)
+    assert hierarchical_mean(values, images, [wells])[0][0] == pytest.approx(2.75)
+    # replicate -> group -> image: the one plate's mean is the mean of its two wells' means
+    plates = np.array(["p1"] * 6)
+    one_well = np.array(["p1|w1", "p1|w1", "p1|w1", "p1|w1", "p1|w1", "p1|w2"])
+    nested = hierarchy(images, [plates, one_well])
+    assert len(nested) == 1 and [len(well) for well in nested[0]] == [3, 1]
+    assert hierarchical_mean(values, images, [plates, one_well])[0][0] == pytest.approx((np.mean([1, 4, 1]) + 5) / 2)
+
+
+def replicate_profiles(rng: np.random.Generator, replicate_sd: float, effect: float = 0.0) -> pd.DataFrame:
+    """Wide profiles of 3 plates x 2 wells (A01, A02 on every plate) x 2 fields per condition."""
+    rows = []
+    for condition in ("ctrl", "vpa"):
+        for plate in range(1, 4):
+            shift = rng.normal(0, replicate_sd, 20)
+            for well in ("A01", "A02"):
+                for field in range(2):
+                    image = f"{condition}/p{plate}/{well}/f{field}"
+                    values = 1 + shift + effect * (condition == "vpa") + rng.normal(0, 0.05, (8, 20))
+                    rows += [{"cell_id": f"{image}#{k}", "image_id": image, "condition": condition,
+                              "replicate": f"plate{plate}", "group": well, **dict(zip(BINS, v))}
+                             for k, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_curves_are_tested_at_the_design_unit_with_the_designs_unit_ids():
+    table = replicate_profiles(np.random.default_rng(0), 0.0, effect=0.3)
+    result = compare_profiles(table[BINS].to_numpy(), table, "ctrl", EDGES, n_boot=50, n_permutations=50)
+    # 3 plates per condition: the replicate is the unit (not the wells A01/A02 pooled over plates)
+    assert result.unit == "replicate"
+    assert set(result.curves.loc[result.curves["kind"] == "condition", "n_units"]) == {3}
+    assert result.intervals and all(i["n_condition"] == 3 == i["n_reference"] for i in result.intervals)
+    assert all(i["unit"] == "replicate" for i in result.intervals)
+    # with fewer plates than min_units the wells, qualified by plate (4 per condition), are the unit
+    few = table[table["replicate"] != "plate3"]
+    result = compare_profiles(few[BINS].to_numpy(), few, "ctrl", EDGES, n_boot=50, n_permutations=50)
+    assert result.unit == "group" and set(result.curves["n_units"][result.curves["kind"] == "condition"]) == {4}
+
+
+def test_a_plate_effect_alone_is_no_radial_finding_at_the_design_unit():
+    """Strong plate-to-plate differences, no treatment: images would be pseudo-replicates."""
+    table = replicate_profiles(np.random.default_rng(4), 0.3)
+    result = compare_profiles(table[BINS].to_numpy(), table, "ctrl", EDGES, n_boot=50, n_permutations=200)
+    assert result.unit == "replicate" and not [i for i in result.intervals if i["p_value"] < 0.05]
+    images = describe_design(table.drop(columns=["replicate", "group"]))
+    as_images = compare_profiles(table[BINS].to_numpy(), table, "ctrl", EDGES, n_boot=50, n_permutations=200,
+                                 design=images)
+    assert as_images.unit == "image" and [i for i in as_images.intervals if i["p_value"] < 0.05]
 
 
 def test_bootstrap_band_is_simultaneous_and_leaves_out_missing_bins():
@@ -189,3 +248,45 @@ def test_micrometre_profiles_when_cells_have_a_pixel_size(effect_runs, tmp_path)
     assert set(long["scale"]) == {"relative", "um"}
     um = long[long["scale"] == "um"]
     assert um["stop"].max() == pytest.approx(5.0) and um["value"].notna().any()
+
+
+def test_report_draws_one_radial_figure_per_explained_class(tmp_path):
+    """Contrast with three conditions: ctrl's maps for tsa and for vpa are two figures, never one."""
+    from epikit.report.figures import FigureWriter
+    from epikit.report.sections.common import ReportContext
+    from epikit.report.sections.profiles import profiles_section
+    from epikit.runfolder.reader import RunFolder
+
+    def curve(name, kind, source, explainer, channel, target, level):
+        return pd.DataFrame({"source": source, "explainer": explainer, "channel": channel, "target": target,
+                             "scale": "relative", "curve": name, "kind": kind, "bin": np.arange(4),
+                             "start": EDGES[:4], "stop": EDGES[1:5], "value": level, "low": level - 0.1,
+                             "high": level + 0.1, "n_units": 6, "significant": False})
+
+    parts = [curve("ctrl", "condition", "image", "", "H3K27ac", "", 1.0),
+             curve("vpa", "condition", "image", "", "H3K27ac", "", 1.1),
+             curve("vpa - ctrl", "difference", "image", "", "H3K27ac", "", 0.1)]
+    for target, level in (("tsa", 0.5), ("vpa", 1.5)):
+        parts += [curve("ctrl", "condition", "map", "gradcam", "all", target, level),
+                  curve(target, "condition", "map", "gradcam", "all", target, level + 0.2),
+                  curve(f"{target} - ctrl", "difference", "map", "gradcam", "all", target, 0.2)]
+    pd.concat(parts).to_csv(tmp_path / "profile_curves.csv", index=False)
+    pd.DataFrame([{"source": "map", "explainer": "gradcam", "channel": "all", "region": "radial[0.00,0.20)",
+                   "target": "vpa", "condition": "vpa", "reference": "ctrl", "effect": 0.2, "p_value": 0.01,
+                   "q_value": 0.02, "unit": "image", "n_condition": 6, "n_reference": 6}]).to_csv(
+        tmp_path / "biomarkers.csv", index=False)
+    html = str(profiles_section(ReportContext(RunFolder(tmp_path), FigureWriter(tmp_path / "figures"))))
+    assert html.count("<img") == 3
+    assert "gradcam maps (all view): evidence for tsa" in html and "evidence for vpa" in html
+    assert "Average nuclei are left out" in html  # the stored averages do not tell the classes apart
+    header = html[html.index("Tested intervals"):]
+    assert "<th>target</th>" in header and "<td>vpa</td>" in header
+
+
+def test_biomarkers_csv_keeps_the_statistic_of_radial_rows(effect_runs):
+    table = pd.read_csv(effect_runs["periphery"] / "biomarkers.csv", keep_default_na=False, na_values=[""])
+    radial = table["region"].str.startswith("radial")
+    assert radial.any()
+    assert (table.loc[radial, "statistic"] == "bin mean / nucleus mean; cluster mass of Welch t").all()
+    assert set(table.loc[~radial, "statistic"]) == {"share", "share_rim - share_centre"}
+    assert (table.loc[table["region"] == "rim_vs_centre", "statistic"] == "share_rim - share_centre").all()

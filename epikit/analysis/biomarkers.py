@@ -197,7 +197,10 @@ def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test
     if extra is not None and len(extra):
         parts.append(extra)
     table = adjust_within_units(pd.concat(parts, ignore_index=True))
-    table["statistic"] = np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share")
+    # shell rows say which share they test; extra rows (radial intervals) keep their own statistic
+    shell = pd.Series(np.where(table["region"] == RIM_VS_CENTRE, "share_rim - share_centre", "share"), table.index)
+    kept = table["statistic"] if "statistic" in table else shell
+    table["statistic"] = kept.where(table["region"].map(is_interval_region).astype(bool), shell)
     order = {"design": 0, "comparison": 1, "replicate": 0, "group": 1, "image": 2, "cell": 3}
     table = table.sort_values(
         ["role", "unit", "q_value", "p_value"],
@@ -206,9 +209,37 @@ def biomarker_table(long: pd.DataFrame, reference: str | None = None, image_test
     return table[list(COLUMNS)].reset_index(drop=True)
 
 
-def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> list[dict[str, Any]]:
-    """Mean shell-share profile per source/channel/condition with a bootstrap band over images."""
+def shell_profiles(long: pd.DataFrame, seed: int = 0, n_boot: int = 2000, target: str = "contrast",
+                   reference: str | None = None) -> list[dict[str, Any]]:
+    """Mean shell-share profile per quantity and condition with a bootstrap band over images.
+
+    Image rows: one profile per channel and condition (``target`` ""). Map rows: per
+    comparison of a condition with ``reference``, the maps that comparison sets side by side
+    under the target policy ``target`` (:func:`comparison_maps`), labelled like its
+    ``biomarkers.csv`` rows (:func:`target_label`), so a profile never averages maps explained
+    for different classes; a profile that two comparisons share (the reference's under ``own``)
+    is listed once.
+    """
+    is_map = long["source"] == "map"
+    blocks = [(long[~is_map], "")]
+    if is_map.any():
+        reference = choose_reference(long["condition"].unique(), reference)
+        blocks += [(comparison_maps(long[is_map], target, condition, reference),
+                    target_label(target, condition, reference))
+                   for condition in sorted(set(long.loc[is_map, "condition"]) - {reference})]
+    profiles: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows, label in blocks:
+        for profile in _condition_profiles(rows, seed, n_boot):
+            key = (profile["source"], profile["explainer"], profile["channel"], label, profile["condition"])
+            profiles.setdefault(key, {**profile, "target": label})
+    return list(profiles.values())
+
+
+def _condition_profiles(long: pd.DataFrame, seed: int, n_boot: int) -> list[dict[str, Any]]:
+    """Per source/explainer/channel/condition of ``long`` the mean shell shares over images with a band."""
     shells = long[long["region"] != RIM_VS_CENTRE]
+    if shells.empty:
+        return []
     per_image = shells.groupby(["source", "explainer", "channel", "condition", "image_id", "region"],
                                sort=True)["value"].mean().unstack("region")
     per_image = per_image[sorted(per_image.columns, key=lambda r: int(r.split("_")[1]))]
@@ -264,7 +295,7 @@ def rank_findings(table: pd.DataFrame, alpha: float = 0.05, n_shells: int = 5, l
             "rank": rank,
             "text": finding_text(row, n_shells),
             "localisation": localisation(row["region"], row["effect"], n_shells),
-            **{key: _plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
+            **{key: plain(row.get(key, "")) for key in ("source", "explainer", "channel", "region", "target", "condition",
                                                   "reference", "effect", "cliffs_delta", "hedges_g",
                                                   "p_value", "q_value", "unit", "n_condition", "n_reference")},
         })
@@ -293,7 +324,8 @@ def note_opposite_localisations(findings: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for JSON); anything else unchanged."""
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -1,15 +1,17 @@
 """Statistics of curves over bins (radial profiles): unit means, hierarchical bootstrap bands, cluster tests.
 
-The data are per-cell curves ``(n_cells, n_bins)`` with each cell's image and, optionally, a
-replicate level above the images (a well or replicate shared by several images). The unit of
-replication is the image, or that replicate level when it nests several images.
+The data are per-cell curves ``(n_cells, n_bins)`` with each cell's image and, optionally, the
+labels of the levels above the images (replicates, groups), top first. The top level given is
+the unit of replication; without levels every image is a unit. Which level is the unit, and
+the labels of its units, are the design's (:mod:`epikit.analysis.design`: ``describe_design``,
+``unit_ids``); this module only nests and averages.
 
 :func:`hierarchical_mean`
-    The curve of a set of cells: mean over units of the mean over images of the mean over
-    cells (bins a cell lacks, NaN, are left out at that level).
+    The curve of a set of cells: mean over units of the mean over their members (groups,
+    images) ... of the mean over cells (bins a cell lacks, NaN, are left out at that level).
 :func:`bootstrap_curves`
-    Replicates of that curve: units resampled with replacement, then images within each
-    drawn unit, then cells within each drawn image.
+    Replicates of that curve: units resampled with replacement, then the members of each
+    drawn unit, level by level, down to the cells within each drawn image.
 :func:`simultaneous_band`
     A 95% band that holds for every bin at once (a bootstrap-t band on the max over bins of
     |t|), so "the band of the difference covers zero everywhere" is a 95% statement.
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 from epikit.analysis.stats import all_splits
@@ -42,23 +45,27 @@ from epikit.errors import DataError
 EXACT_LIMIT = 20000
 
 
-def hierarchy(images: Sequence[str] | np.ndarray, groups: Sequence[str] | np.ndarray | None = None) -> list[list[np.ndarray]]:
-    """Cell positions nested as ``units -> images -> cells``.
+#: Units -> [level members ->] images -> cell positions (the leaves are integer arrays).
+Nested = list
 
-    ``groups`` (one per cell) is a level above the images; it is used only when some group
-    holds more than one image (otherwise every image is its own unit).
+
+def hierarchy(images: Sequence[str] | np.ndarray, levels: Sequence[Sequence[str] | np.ndarray] = ()) -> Nested:
+    """Cell positions nested as ``units -> [level members ->] images -> cells``, each level sorted.
+
+    ``levels``: per-cell labels of the levels above the images, top first (the top one is the
+    unit; a label must name one member across the whole table, as the design's unit ids do).
+    Without levels every image is its own unit.
     """
     images = np.asarray(images).astype(str)
-    groups = images if groups is None else np.asarray(groups).astype(str)
-    image_group = {image: group for image, group in zip(images, groups)}
-    nested = len(set(image_group.values())) < len(image_group)
-    by_image = {image: np.flatnonzero(images == image) for image in sorted(image_group)}
-    if not nested:
-        return [[cells] for cells in by_image.values()]
-    units: dict[str, list[np.ndarray]] = {}
-    for image, cells in by_image.items():
-        units.setdefault(image_group[image], []).append(cells)
-    return [units[key] for key in sorted(units)]
+    labels = [np.asarray(level).astype(str) for level in levels] or [images]
+    return _nest(np.arange(len(images)), [*labels, images])
+
+
+def _nest(cells: np.ndarray, labels: list[np.ndarray]) -> Nested:
+    """``cells`` split by ``labels[0]`` (sorted), each part by the next labels; images end in positions."""
+    parts = pd.Series(cells).groupby(labels[0][cells], sort=True).indices
+    children = [cells[positions] for positions in parts.values()]
+    return children if len(labels) == 1 else [_nest(child, labels[1:]) for child in children]
 
 
 def _weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -94,47 +101,52 @@ def _spread(counts: np.ndarray, curves: np.ndarray) -> np.ndarray:
         return np.where(total > 1, np.sqrt(variance / total), np.nan)
 
 
-def _level_curves(values: np.ndarray, nested: list[list[np.ndarray]], replicates: int,
+def _node_curves(values: np.ndarray, node: Nested | np.ndarray, replicates: int,
+                 rng: np.random.Generator | None) -> np.ndarray:
+    """Curves (R, B) of one node of the hierarchy: an image (cell positions) or a list of members."""
+    if isinstance(node, np.ndarray):
+        return _weighted_mean(_draw(rng, len(node), replicates), values[node])
+    members = np.stack([_node_curves(values, member, replicates, rng) for member in node], axis=1)
+    return _weighted_mean(_draw(rng, len(node), replicates), members)
+
+
+def _level_curves(values: np.ndarray, nested: Nested, replicates: int,
                   rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
     """Curves (R, B) of the hierarchy, each level resampled with ``rng`` (plain means without),
     and their standard errors (R, B) from the spread of the (drawn) units."""
-    unit_curves = []
-    for unit in nested:
-        image_curves = np.stack([_weighted_mean(_draw(rng, len(cells), replicates), values[cells])
-                                 for cells in unit], axis=1)
-        unit_curves.append(_weighted_mean(_draw(rng, len(unit), replicates), image_curves))
-    units = np.stack(unit_curves, axis=1)
+    units = np.stack([_node_curves(values, unit, replicates, rng) for unit in nested], axis=1)
     counts = _draw(rng, len(nested), replicates)
     return _weighted_mean(counts, units), _spread(counts, units)
 
 
 def hierarchical_mean(values: np.ndarray, images: Sequence[str] | np.ndarray,
-                      groups: Sequence[str] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The curve (B,) of cells ``values`` (n, B), mean over units of image means of cell means,
-    and its standard error (B,) from the spread of the unit curves (NaN with one unit)."""
+                      levels: Sequence[Sequence[str] | np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The curve (B,) of cells ``values`` (n, B), mean over units of member means ... of cell means
+    (``levels``: see :func:`hierarchy`), and its standard error (B,) from the spread of the unit
+    curves (NaN with one unit)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         raise DataError("no cells to average")
-    curve, error = _level_curves(values, hierarchy(images, groups), 1, None)
+    curve, error = _level_curves(values, hierarchy(images, levels), 1, None)
     return curve[0], error[0]
 
 
 def unit_curves(values: np.ndarray, images: Sequence[str] | np.ndarray,
-                groups: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+                levels: Sequence[Sequence[str] | np.ndarray] = ()) -> np.ndarray:
     """One curve per unit (n_units, B): the units of :func:`hierarchy`, in its order."""
     values = np.asarray(values, dtype=np.float64)
-    return np.stack([_level_curves(values, [unit], 1, None)[0][0] for unit in hierarchy(images, groups)])
+    return np.stack([_level_curves(values, [unit], 1, None)[0][0] for unit in hierarchy(images, levels)])
 
 
 def bootstrap_curves(values: np.ndarray, images: Sequence[str] | np.ndarray,
-                     groups: Sequence[str] | np.ndarray | None = None, n_boot: int = 1000,
+                     levels: Sequence[Sequence[str] | np.ndarray] = (), n_boot: int = 1000,
                      seed: int | np.random.Generator = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical bootstrap replicates (n_boot, B) of :func:`hierarchical_mean` and their standard errors."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         raise DataError("no cells to bootstrap")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    return _level_curves(values, hierarchy(images, groups), int(n_boot), rng)
+    return _level_curves(values, hierarchy(images, levels), int(n_boot), rng)
 
 
 def simultaneous_band(estimate: np.ndarray, error: np.ndarray, replicates: np.ndarray,

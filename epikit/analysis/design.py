@@ -48,7 +48,8 @@ class Design:
     """The levels of a data set, its units per condition at each level, and the design unit.
 
     ``levels`` lists the levels present, top to bottom; ``counts[level][condition]`` is the
-    number of units; ``unit`` is the design unit and ``reason`` says why in one sentence.
+    number of units; ``unit`` is the design unit and ``reason`` says why in one sentence;
+    ``min_units``: the units per condition a level needed to be chosen.
     """
 
     levels: tuple[str, ...]
@@ -56,6 +57,7 @@ class Design:
     unit: str
     reason: str
     cells: dict[str, int] = field(default_factory=dict)
+    min_units: int = MIN_UNITS
 
     def effective_n(self, condition: str) -> int:
         """Independent units of ``condition`` at the design unit."""
@@ -65,7 +67,7 @@ class Design:
         """A JSON-ready summary (for ``metrics.json``)."""
         return {"levels": list(self.levels), "unit": self.unit, "reason": self.reason,
                 "units_per_condition": {level: dict(sorted(c.items())) for level, c in self.counts.items()},
-                "cells_per_condition": dict(sorted(self.cells.items())), "min_units": MIN_UNITS}
+                "cells_per_condition": dict(sorted(self.cells.items())), "min_units": self.min_units}
 
 
 def unit_ids(table: pd.DataFrame, level: str, condition: str = "condition", image: str = "image_id") -> pd.Series:
@@ -82,6 +84,21 @@ def unit_ids(table: pd.DataFrame, level: str, condition: str = "condition", imag
     for part in parts[1:]:
         out = out + "|" + part
     return out
+
+
+def level_labels(table: pd.DataFrame, design: Design, condition: str = "condition",
+                 image: str = "image_id") -> list[pd.Series]:
+    """Per row, the unit id of every level from the design unit down to the one above the image.
+
+    Top first (``[replicate, group]`` ids for a replicate unit with multi-image groups, ``[]``
+    for the image unit): how the design unit nests its images, for averaging level by level.
+    """
+    chain = design.levels[design.levels.index(design.unit):-1]
+    missing = [level for level in chain if level not in table.columns]
+    if missing:
+        raise DataError(f"the table lacks the {', '.join(missing)} column(s) of its design "
+                        f"({design.unit} unit); attach the cells' design columns (attach_design)")
+    return [unit_ids(table, level, condition, image) for level in chain]
 
 
 def _check_nesting(table: pd.DataFrame, condition: str, image: str) -> None:
@@ -134,7 +151,8 @@ def describe_design(table: pd.DataFrame, condition: str = "condition", image: st
         chosen = "image"
         reason = (f"no level has {min_units} units in every condition; the image is the unit and "
                   "p-values are limited by the few images")
-    return Design(tuple(levels), counts, chosen, reason, {c: int(cell_counts.get(c, 0)) for c in conditions})
+    return Design(tuple(levels), counts, chosen, reason, {c: int(cell_counts.get(c, 0)) for c in conditions},
+                  min_units)
 
 
 def unit_means(table: pd.DataFrame, keys: Sequence[str], level: str, value: str = "value",

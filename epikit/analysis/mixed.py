@@ -38,14 +38,16 @@ def _statsmodels() -> Any:
     return smf
 
 
-def within_image_variance(values: pd.Series, images: pd.Series) -> float:
-    """Pooled variance of cells around their image's mean (NaN with no image of two cells)."""
-    frame = pd.DataFrame({"v": values.to_numpy(float), "i": images.to_numpy()}).dropna()
-    grouped = frame.groupby("i")["v"]
+def pooled_variance(values: pd.Series, within: pd.Series) -> tuple[float, int]:
+    """Pooled variance of ``values`` around the means of their ``within`` group, and its degrees of
+    freedom (NaN and 0 when no group has two values; NaN values are left out)."""
+    frame = pd.DataFrame({"v": values.to_numpy(float), "g": within.to_numpy()}).dropna()
+    grouped = frame.groupby("g")["v"]
     dof = (grouped.size() - 1).clip(lower=0)
-    if dof.sum() == 0:
-        return float("nan")
-    return float((grouped.var(ddof=1).fillna(0.0) * dof).sum() / dof.sum())
+    total = int(dof.sum())
+    if total == 0:
+        return float("nan"), 0
+    return float((grouped.var(ddof=1).fillna(0.0) * dof).sum() / total), total
 
 
 def _fit(smf: Any, frame: pd.DataFrame, reference: str, nested: bool) -> Any:
@@ -72,7 +74,7 @@ def mixed_table(long: pd.DataFrame, keys: Sequence[str], design: Design, referen
         key_values = key_values if isinstance(key_values, tuple) else (key_values,)
         images = block.groupby(["condition", "top_unit", "group_unit", "image_id"], sort=True)["value"].mean()
         frame = images.reset_index()
-        var_cell = within_image_variance(block["value"], block["image_id"])
+        var_cell = pooled_variance(block["value"], block["image_id"])[0]
         try:
             result = _fit(smf, frame, reference, nested)
             var_top = float(result.cov_re.iloc[0, 0])

@@ -33,6 +33,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from epikit.analysis.biomarkers import region_values
+from epikit.analysis.design import MIN_UNITS, unit_ids
+from epikit.analysis.mixed import pooled_variance
 from epikit.analysis.stats import minimum_p
 from epikit.errors import ConfigError, DataError
 
@@ -83,40 +85,29 @@ def feature_values(cells: pd.DataFrame, feature: str) -> pd.Series:
     return pd.Series(values[region], index=cells.index, name=feature)
 
 
-def _pooled(values: pd.Series, within: pd.Series) -> tuple[float, int]:
-    """Pooled variance of ``values`` around the means of their ``within`` group, and its degrees of freedom."""
-    frame = pd.DataFrame({"v": values.to_numpy(float), "g": within.to_numpy()})
-    grouped = frame.groupby("g")["v"]
-    dof = grouped.size() - 1
-    total = int(dof.clip(lower=0).sum())
-    if total == 0:
-        return float("nan"), 0
-    return float((grouped.var(ddof=1).fillna(0.0) * dof.clip(lower=0)).sum() / total), total
-
-
 def variance_components(cells: pd.DataFrame, feature: str) -> VarianceComponents:
     """Method-of-moments variance components of ``feature`` in a pilot's cell table (see the module)."""
     values = feature_values(cells, feature)
     data = pd.DataFrame({"value": values, "condition": cells["condition"].astype(str),
                          "image": cells["image_id"].astype(str),
-                         "replicate": cells["replicate"].astype(str) if "replicate" in cells else "all"})
+                         **({"replicate": cells["replicate"].astype(str)} if "replicate" in cells else {})})
     data = data[np.isfinite(data["value"])]
     if data.empty:
         raise DataError(f"feature {feature!r} has no finite value in the pilot")
-    data["rep_unit"] = data["condition"] + "|" + data["replicate"]
-    cell_var, cell_dof = _pooled(data["value"], data["image"])
+    data["rep_unit"] = unit_ids(data, "replicate", image="image")  # the design's replicate units
+    cell_var, cell_dof = pooled_variance(data["value"], data["image"])
     if cell_dof == 0:
         raise DataError("the pilot has no image with two cells: cannot separate cell from image variation")
     images = data.groupby(["condition", "rep_unit", "image"])["value"].agg(["mean", "size"]).reset_index()
     mean_inv_cells = float((1.0 / images["size"]).mean())
-    image_var_raw, image_dof = _pooled(images["mean"], images["rep_unit"])
+    image_var_raw, image_dof = pooled_variance(images["mean"], images["rep_unit"])
     if image_dof == 0:
         raise DataError("the pilot has no replicate of a condition with two images: cannot estimate the "
                         "variation between images; image at least 2 fields per condition and replicate")
     image_var = max(0.0, image_var_raw - cell_var * mean_inv_cells)
     replicates = images.groupby(["condition", "rep_unit"])["mean"].agg(["mean", "size"]).reset_index()
     replicate_var: float | None = None
-    rep_var_raw, rep_dof = _pooled(replicates["mean"], replicates["condition"])
+    rep_var_raw, rep_dof = pooled_variance(replicates["mean"], replicates["condition"])
     if rep_dof > 0:
         carried = (image_var + cell_var * mean_inv_cells) * float((1.0 / replicates["size"]).mean())
         replicate_var = max(0.0, rep_var_raw - carried)
@@ -162,7 +153,7 @@ class _Experiments:
 
 def simulate_power(components: VarianceComponents, effect: float | None, replicates: list[int],
                    images: list[int], alpha: float = 0.05, target: float = 0.8, n_simulations: int = 2000,
-                   min_units: int = 3, seed: int = 0) -> pd.DataFrame:
+                   min_units: int = MIN_UNITS, seed: int = 0) -> pd.DataFrame:
     """Power (or, with ``effect=None``, the effect detectable at ``target`` power) over the grid.
 
     One row per replicates x images (per replicate and condition): ``images_per_condition``,
@@ -173,6 +164,9 @@ def simulate_power(components: VarianceComponents, effect: float | None, replica
         raise ConfigError("the grid needs replicates >= 1 and images >= 1 per replicate")
     if not 0 < alpha < 1 or not 0 < target < 1 or n_simulations < 100:
         raise ConfigError("alpha and the target power must lie in (0, 1), simulations >= 100")
+    if isinstance(min_units, bool) or not isinstance(min_units, (int, np.integer)) or min_units < 2:
+        raise ConfigError(f"min_units = {min_units!r} must be a whole number >= 2 (replicates per condition "
+                          "that make the replicate the unit; --min-units)")
     rows = []
     for r in sorted(set(replicates)):
         for m in sorted(set(images)):

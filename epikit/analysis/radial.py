@@ -1,13 +1,16 @@
 """Radial profiles compared between conditions: curves with bands and the intervals that differ.
 
 Input: per-cell curves ``(n_cells, n_bins)`` of one quantity (a channel's or a map's radial
-profile, :mod:`epikit.nuclei.profiles`) with each cell's image, condition and group.
-:func:`compare_profiles` gives, per condition, the hierarchical mean curve with a 95%
-simultaneous bootstrap band (:mod:`epikit.analysis.curves`; images, and replicate groups
-when they nest several images, are the units), per non-reference condition the difference
-curve (condition minus reference) with its band, and the cluster-mass permutation test of
-the unit curves: each supra-threshold run of bins is an interval ``[a, b)`` of radius with a
-p-value controlling the family-wise error over bins.
+profile, :mod:`epikit.nuclei.profiles`) with each cell's image, condition and the design
+columns (``group``, ``replicate``). :func:`compare_profiles` gives, per condition, the
+hierarchical mean curve with a 95% simultaneous bootstrap band (:mod:`epikit.analysis.curves`),
+per non-reference condition the difference curve (condition minus reference) with its band,
+and the cluster-mass permutation test of the unit curves: each supra-threshold run of bins is
+an interval ``[a, b)`` of radius with a p-value controlling the family-wise error over bins.
+The unit is the design unit (:func:`epikit.analysis.design.describe_design`: the image, or the
+group or replicate when every condition has ``min_units`` of them), with the design's unit ids
+(well ``A01`` of plate 1 and of plate 2 are two units), so the curves and the test replicate at
+the same level as the shell rows.
 
 Example on a wide table with columns ``image_id, condition, group, b0 .. b19``::
 
@@ -28,10 +31,10 @@ from epikit.analysis.curves import (
     bootstrap_curves,
     cluster_test,
     hierarchical_mean,
-    hierarchy,
     simultaneous_band,
     unit_curves,
 )
+from epikit.analysis.design import Design, describe_design, level_labels
 from epikit.analysis.stats import cliffs_delta, hedges_g
 from epikit.errors import DataError
 
@@ -92,11 +95,14 @@ def _interval(cluster: Any, edges: np.ndarray, x: np.ndarray, y: np.ndarray, con
 def compare_profiles(
     values: np.ndarray, cells: pd.DataFrame, reference: str, edges: np.ndarray,
     n_boot: int = 1000, n_permutations: int = 2000, seed: int = 0, cluster_alpha: float = 0.05,
+    design: Design | None = None,
 ) -> ProfileComparison:
     """Condition curves, difference curves (each with a 95% simultaneous band) and tested intervals.
 
-    ``values`` (n_cells, B); ``cells`` has ``image_id``, ``condition`` and ``group`` per row;
-    ``edges`` the B + 1 bin edges. Every condition other than ``reference`` is compared with it.
+    ``values`` (n_cells, B); ``cells`` has ``image_id``, ``condition`` and the design columns
+    (``group``, ``replicate``) per row; ``edges`` the B + 1 bin edges. Every condition other than
+    ``reference`` is compared with it, at the unit of ``design`` (None: :func:`describe_design`
+    of ``cells``; pass the design of all the run's cells so every quantity tests one unit).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or len(values) != len(cells) or len(edges) != values.shape[1] + 1:
@@ -104,18 +110,19 @@ def compare_profiles(
                         "edges do not fit together")
     conditions = cells["condition"].astype(str).to_numpy()
     images = cells["image_id"].astype(str).to_numpy()
-    groups = cells["group"].astype(str).to_numpy() if "group" in cells else images
     if reference not in set(conditions):
         raise DataError(f"reference condition {reference!r} has no profiled cells")
+    design = describe_design(cells) if design is None else design
+    unit = design.unit
+    levels = [labels.to_numpy() for labels in level_labels(cells, design)]
     rng = np.random.default_rng(seed)
-    nested = len(hierarchy(images, groups)) < len(set(images))
-    unit = "group" if nested else "image"
     parts, estimates, replicates, units = [], {}, {}, {}
     for condition in sorted(set(conditions)):
         at = conditions == condition
-        estimates[condition] = hierarchical_mean(values[at], images[at], groups[at])
-        replicates[condition] = bootstrap_curves(values[at], images[at], groups[at], n_boot, rng)
-        units[condition] = unit_curves(values[at], images[at], groups[at])
+        nesting = [labels[at] for labels in levels]
+        estimates[condition] = hierarchical_mean(values[at], images[at], nesting)
+        replicates[condition] = bootstrap_curves(values[at], images[at], nesting, n_boot, rng)
+        units[condition] = unit_curves(values[at], images[at], nesting)
         band = simultaneous_band(*estimates[condition], *replicates[condition], LEVEL)
         parts.append(_rows(condition, "condition", estimates[condition][0], band, edges, len(units[condition])))
     intervals: list[dict[str, Any]] = []

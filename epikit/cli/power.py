@@ -37,6 +37,9 @@ def power_command(
     alpha: float = typer.Option(PowerOptions.alpha, "--alpha", help="Significance level of the test."),
     power: float = typer.Option(PowerOptions.power, "--power", help="Target power."),
     simulations: int = typer.Option(PowerOptions.simulations, "--simulations", help="Simulated experiments per grid point."),
+    min_units: int = typer.Option(PowerOptions.min_units, "--min-units",
+                                  help="Replicates per condition that make the replicate the unit of the test "
+                                       "(as -p biomarkers.min_units)."),
     seed: int = typer.Option(PowerOptions.seed, "--seed", help="Seed of the simulations."),
 ) -> None:
     """Estimate variance components from a pilot and simulate the power of the design-unit test."""
@@ -44,7 +47,7 @@ def power_command(
 
     options = PowerOptions(feature=feature, effect=effect, replicates=_integers("--replicates", replicates),
                            images=_integers("--images", images), alpha=alpha, power=power,
-                           simulations=simulations, seed=seed)
+                           simulations=simulations, min_units=min_units, seed=seed)
     plan = plan_power(run_dir, options)
     c = plan["components"]
     replicate = "not estimable (assumed 0)" if c["replicate"] is None else f"{c['replicate']:.3g}"

@@ -19,8 +19,9 @@ average, ``1.2`` twenty percent above it. Unlike a share of the summed bin means
 depend on which bins a small nucleus leaves empty, and it is the same quantity in both
 binnings. A nucleus whose mean is 0 gives NaN.
 
-Everything is batched: one distance transform for a whole stack of crops (stacked with a
-blank row between them, so no nucleus sees another) and one ``bincount`` per batch::
+Everything is batched: one distance transform for a whole stack of crops (each ringed by
+blank pixels, so no nucleus sees another and a nucleus clipped by its crop ends at the crop's
+border on every side) and one ``bincount`` per batch::
 
     distance = outline_distance(masks)                          # (N, S, S), NaN outside
     profiles = radial_profiles(crops, masks, n_bins=20)         # crops (N, C, S, S) -> (N, C, 20)
@@ -38,22 +39,26 @@ SCALES: tuple[str, ...] = ("relative", "um")
 
 
 def outline_distance(masks: np.ndarray) -> np.ndarray:
-    """Distance of every nucleus pixel to its outline, in pixels: ``(N, S, S)`` masks -> float, NaN outside.
+    """Distance of every nucleus pixel to its outline, in pixels: ``(N, S, S)`` masks -> float64, NaN outside.
 
-    Pixels on the outline are 0.5 away from it (their centre to their outer edge).
+    Pixels on the outline are 0.5 away from it (their centre to their outer edge). The crop's
+    border is an outline too: a nucleus clipped by its crop ends there, on every side. The one
+    definition of the boundary distance, shared by the radial profiles and the ``distance``
+    shells and fixed-width rings of :mod:`epikit.nuclei.shells`.
     """
     inside = np.asarray(masks).astype(bool, copy=False)
     if inside.ndim != 3:
         raise InputError(f"outline_distance needs a stack of masks (N, H, W), got shape {inside.shape}")
     n, height, width = inside.shape
     if n == 0:
-        return np.zeros(inside.shape, dtype=np.float32)
-    # One blank row and column after every mask: each nucleus's nearest outside pixel is its own.
-    padded = np.zeros((n, height + 1, width + 1), dtype=bool)
-    padded[:, :height, :width] = inside
-    tall = np.concatenate([np.zeros((1, width + 1), dtype=bool), padded.reshape(-1, width + 1)])
-    distance = ndi.distance_transform_edt(tall)[1:].reshape(n, height + 1, width + 1)[:, :height, :width]
-    return np.where(inside, distance - 0.5, np.nan).astype(np.float32)
+        return np.zeros(inside.shape, dtype=np.float64)
+    # A blank column on both sides of every mask and a blank row between masks (and above the
+    # first): every nucleus is ringed by outside pixels of its own, so none sees another.
+    padded = np.zeros((n, height + 1, width + 2), dtype=bool)
+    padded[:, :height, 1:-1] = inside
+    tall = np.concatenate([np.zeros((1, width + 2), dtype=bool), padded.reshape(-1, width + 2)])
+    distance = ndi.distance_transform_edt(tall)[1:].reshape(n, height + 1, width + 2)[:, :height, 1:-1]
+    return np.where(inside, distance - 0.5, np.nan)
 
 
 def bin_edges(n_bins: int, scale: str = "relative", bin_um: float = 0.25) -> np.ndarray:

@@ -43,9 +43,9 @@ Example (also on a batch of explanation maps ``(N, H, W)`` with their crop masks
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from epikit.errors import ConfigError, InputError
+from epikit.nuclei.profiles import outline_distance
 
 SHELL_METHODS: tuple[str, ...] = ("scaled", "distance")
 
@@ -75,8 +75,7 @@ def _scaled_shells(rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, n_she
 
 def _distance_shells(rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, n_shells: int) -> np.ndarray:
     """Shell index of each nucleus pixel from its normalised distance to the boundary."""
-    # Pad so that a mask touching the array edge still has a boundary there.
-    distance = ndi.distance_transform_edt(np.pad(inside, 1))[rows + 1, cols + 1] - 0.5
+    distance = outline_distance(inside[None])[0][rows, cols]
     relative = distance / distance.max()
     shell = np.ceil(relative * n_shells - 1e-9)
     return np.clip(shell, 1, n_shells).astype(np.int8)
@@ -122,7 +121,7 @@ def ring_regions(mask: np.ndarray, n_rings: int, width: float) -> np.ndarray:
     regions = np.zeros(inside.shape, dtype=np.int8)
     rows, cols = np.nonzero(inside)
     if rows.size:
-        depth = ndi.distance_transform_edt(np.pad(inside, 1))[rows + 1, cols + 1] - 0.5
+        depth = outline_distance(inside[None])[0][rows, cols]
         regions[rows, cols] = np.clip(np.floor(depth / width + 1e-9) + 1, 1, n_rings).astype(np.int8)
     return regions
 

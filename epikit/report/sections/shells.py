@@ -3,7 +3,9 @@
 Plots the profiles the biomarker stage stored in ``metrics.json["biomarkers"]["profiles"]``
 (:func:`epikit.analysis.biomarkers.shell_profiles`): per source, channel and condition the
 mean over images of each shell's share with a bootstrap band over images, the unit the
-biomarker statistics use.
+biomarker statistics use. Map profiles come per comparison (their ``target``: the class
+both sides explain, or the policy), one panel each, so a panel never mixes maps explained
+for different classes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from epikit.report import figures as fig
+from epikit.analysis.targets import TARGET_POLICIES
 from epikit.report.html import Markup, element, image, join, note
 from epikit.report.sections.common import ReportContext, unavailable
 
@@ -31,6 +34,9 @@ def _panels(profiles: list[Mapping[str, Any]], source: str) -> dict[str, dict[st
         panel = str(profile.get("channel"))
         if source == "map" and profile.get("explainer"):
             panel = f"{profile['explainer']}: {panel}"
+        target = str(profile.get("target") or "")
+        if source == "map" and target:
+            panel += f" ({target} targets)" if target in TARGET_POLICIES else f" (evidence for {target})"
         panels.setdefault(panel, {})[str(profile.get("condition"))] = tuple(
             np.asarray(profile[k], dtype=float) for k in ("mean", "low", "high")) + (int(profile.get("n_images", 0)),)
     return panels
