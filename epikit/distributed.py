@@ -40,6 +40,7 @@ optional dependency (``pip install epikit[dask]``), imported only when a cluster
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -69,7 +70,9 @@ MIN_WINDOW = 8
 #: than the same work in-process (measured); these restore roughly the behaviour of an
 #: ordinary Python process. Threads: one per worker process for OpenMP (torch sizes its pool
 #: from ``OMP_NUM_THREADS`` when imported), MKL and OpenBLAS, so N workers use N cores
-#: (Dask's defaults say the same; stated here so that a site configuration cannot undo it).
+#: (Dask's defaults say the same; stated here so that a site configuration cannot undo it,
+#: and applied over the driver's own environment: Dask would otherwise hand a driver's
+#: ``OMP_NUM_THREADS=8`` to every local worker, 8 threads each on N cores).
 LOCAL_WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 256 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
                         "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 #: Worker-side objects kept per process by :func:`process_cache` (models, datasets).
@@ -378,7 +381,7 @@ def get_executor(workers: int = 0, scheduler: Any = None) -> Executor:
 
         environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in LOCAL_WORKER_ENVIRON.items()}
         try:
-            with dask.config.set(environ):
+            with dask.config.set(environ), _driver_environ(LOCAL_WORKER_ENVIRON):
                 cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                    dashboard_address=None)
         except RuntimeError as error:  # e.g. "Nanny failed to start"
@@ -395,6 +398,24 @@ def get_executor(workers: int = 0, scheduler: Any = None) -> Executor:
                           "(e.g. tcp://host:8786) and that the scheduler is running") from error
     return DaskExecutor(client, owned=(client,))
 
+
+@contextlib.contextmanager
+def _driver_environ(values: dict[str, Any]) -> Iterator[None]:
+    """Set ``values`` in this process's environment while local workers start, then restore it.
+
+    Dask's nanny lets a variable already set in the driver's environment override its
+    ``pre-spawn-environ`` configuration; the worker pinning must win over it.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def for_workers(record: T) -> T:

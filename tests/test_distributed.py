@@ -330,5 +330,7 @@ def test_local_workers_compute_single_threaded() -> None:
 
         return torch.get_num_threads(), os.environ["OMP_NUM_THREADS"], os.environ["MALLOC_MMAP_THRESHOLD_"]
 
+    before = os.environ.get("OMP_NUM_THREADS")  # the conftest sets 2: the workers must still get 1
     with get_executor(workers=1) as executor:
         assert list(executor.client.run(threads).values()) == [(1, "1", str(32 * 2**20))]
+    assert os.environ.get("OMP_NUM_THREADS") == before  # the driver's own setting is restored
