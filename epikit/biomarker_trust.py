@@ -46,6 +46,7 @@ from epikit.runfolder.metrics import read_metrics
 from epikit.runfolder.models import load_fold_models
 from epikit.runfolder.rows import cell_rows
 from epikit.runfolder.scratch import Scratch
+from epikit.runfolder.crop_sources import mask_source
 from epikit.training.cross_validation import cross_validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,12 +84,12 @@ def train_mask_control(run_dir: str | Path, epochs: int | None = None, seed: int
     if seed is not None:
         options["seed"] = seed
     dataset = CellDataset(run_dir)
-    masks = read_masks(dataset.store_path, dataset.table["crop_index"].to_numpy())
+    training = TrainingOptions.from_mapping(options)
     cv = cross_validate(
-        masks[:, None].astype(np.float32), dataset.labels, dataset.groups, dataset.classes,
+        mask_source(dataset, training.crops_memory_mb), dataset.labels, dataset.groups, dataset.classes,
         recipe.get("classifier", "resnet10"), recipe.get("params") or {},
         split=recipe.get("split", "group"), folds=int(recipe.get("folds_requested", 5)),
-        options=TrainingOptions.from_mapping(options),
+        options=training,
         image_ids=dataset.table["image_id"].to_numpy(), description="mask control",
     )
     return MaskControl({k: t.model.eval() for k, t in cv.models.items()}, cv.fold,

@@ -40,6 +40,9 @@ class TrainingOptions:
     lower it.
     ``schedule="cosine"``: linear warm-up over ``warmup_epochs``, then cosine decay to 0 at
     ``epochs`` (per step); ``"exponential"``: ``lr * lr_decay**epoch`` (the study's 0.99).
+    ``crops_memory_mb``: a run folder's crops (as float32) up to this size are trained from
+    memory; a larger set is read from ``crops.zarr`` in shuffled pools of this size, so memory
+    stays flat however many cells a study has (:mod:`epikit.training.crop_source`).
     Defaults train the study's ``resnet10`` with 5-fold CV on ~200 crops of 64 px (the demo)
     in about 1.5 minutes on two CPU cores. The study's own recipe is :meth:`study`.
     """
@@ -60,6 +63,7 @@ class TrainingOptions:
     precise_bn: bool = True
     intensity_jitter: float = 0.1
     amp: bool = True
+    crops_memory_mb: float = 64.0
     seed: int = 0
     progress: bool = True
 
@@ -83,6 +87,8 @@ class TrainingOptions:
                 f"need epochs >= 1, batch_size >= 2 and lr > 0 "
                 f"(got {self.epochs}, {self.batch_size}, {self.lr})"
             )
+        if not self.crops_memory_mb > 0:
+            raise ConfigError(f"crops_memory_mb must be > 0, got {self.crops_memory_mb}")
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 

@@ -362,3 +362,67 @@ def test_amp_option_reaches_training_prediction_and_batch_norm_refresh(monkeypat
     cross_validate(crops, labels, groups, ["ctrl", "vpa"], "cnn", {"width": 4}, folds=2,
                    options=TrainingOptions(epochs=1, batch_size=8, amp=amp, precise_bn=True, progress=False))
     assert len(asked) > 4 and set(asked) == {amp}
+
+
+# ----------------------------------------------------------------------------- streamed crops
+
+
+def test_a_streamed_epoch_yields_every_draw_once_and_reads_each_chunk_once(monkeypatch) -> None:
+    import epikit.training.crop_source as crop_source
+    from epikit.training.crop_source import StoredCrops
+
+    monkeypatch.setattr(crop_source, "MIN_POOL_CHUNKS", 2)
+    data = np.arange(40 * 1 * 2 * 2, dtype=np.float32).reshape(40, 1, 2, 2)
+    reads: list[np.ndarray] = []
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        reads.append(rows.copy())
+        return data[rows]
+
+    source = StoredCrops(read=read, chunk=np.arange(40) // 4, shape=(40, 1, 2, 2), pool_cells=12, key=("toy",))
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.multinomial(torch.ones(40), 50, replacement=True, generator=generator)  # repeats
+    seen_rows, seen_chunks_per_pool = [], []
+    for rows, crops in source.batches(draws, 4, generator):
+        assert len(rows) <= 4 and torch.equal(crops, torch.from_numpy(data[rows.numpy()]))
+        seen_rows.extend(rows.tolist())
+    assert sorted(seen_rows) == sorted(draws.tolist())
+    assert all(len(r) <= 12 for r in reads) and sum(len(r) for r in reads) == 50
+    pools = [set((r // 4).tolist()) for r in reads]
+    assert sum(len(p) for p in pools) <= len(set((draws // 4).tolist())) + len(pools) - 1  # a chunk spans <= 2 pools
+    again = [rows.tolist() for rows, _ in source.batches(draws, 4, torch.Generator().manual_seed(1))]
+    assert sum(again, []) != seen_rows  # the order is reshuffled by the generator
+    assert torch.equal(torch.cat(list(source.blocks(torch.tensor([7, 3, 3, 39]), 3))),
+                       torch.from_numpy(data[[7, 3, 3, 39]]))
+
+
+def test_training_and_mask_control_stream_when_crops_exceed_the_budget(simulated_run, monkeypatch) -> None:
+    import epikit.runfolder.crops as crops_module
+    import epikit.training.crop_source as crop_source
+    from epikit.biomarker_trust import train_mask_control
+    from epikit.runfolder.cells import CellDataset
+
+    monkeypatch.setattr(crop_source, "MIN_POOL_CHUNKS", 2)
+    crop_reads: list[int] = []
+    mask_reads: list[int] = []
+    real_load, real_masks = CellDataset.load_crops, crops_module.read_masks
+
+    def load(self, indices=None):
+        crop_reads.append(len(self) if indices is None else len(indices))
+        return real_load(self, indices)
+
+    def masks(path, rows):
+        mask_reads.append(len(rows))
+        return real_masks(path, rows)
+
+    monkeypatch.setattr(CellDataset, "load_crops", load)
+    monkeypatch.setattr("epikit.runfolder.crop_sources.read_masks", masks)
+    n = len(CellDataset(simulated_run))
+    budget = 0.2  # MiB: 17 crops of 3 x 32 x 32 float32, 51 masks
+    streamed = train_run(simulated_run, "resnet10", folds=3, epochs=6, progress=False, crops_memory_mb=budget)
+    assert crop_reads and max(crop_reads) <= 32 < n  # pools of two 16-cell chunks
+    assert streamed["balanced_accuracy"] >= 0.7 and streamed["training"]["crops_memory_mb"] == budget
+    assert train_run(simulated_run, "resnet10", folds=3, epochs=6, progress=False,
+                     crops_memory_mb=budget)["balanced_accuracy"] == streamed["balanced_accuracy"]
+    control = train_mask_control(simulated_run, epochs=2)
+    assert mask_reads and max(mask_reads) <= 51 < n and len(control.models) == 3

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from epikit.errors import ConfigError, DataError, InputError
+from epikit.runfolder.crops import CONTENT_HASH_ATTR, content_hash
 from epikit.runfolder.layout import CELLS, CROPS
 
 #: Bytes of stored crops read per Zarr request by :meth:`CellDataset.load_crops`
@@ -145,6 +146,15 @@ class CellDataset(Dataset):
             out[order[start:stop]] = picked
             start = stop
         return out
+
+    def crop_chunks(self) -> np.ndarray:
+        """The ``crops.zarr`` chunk that holds each cell (dataset order): cells of one chunk are read together."""
+        return self._crop_index // int(self._array().chunks[0])
+
+    def content_key(self) -> tuple[str, np.ndarray, list[int]]:
+        """What :meth:`load_crops` returns, for resume keys: the store's content hash, rows and channels."""
+        stored = self.attrs.get(CONTENT_HASH_ATTR) or content_hash(self.store_path)
+        return str(stored), self._crop_index, list(self._channel_index)
 
     def feature_columns(self) -> list[str]:
         """The per-cell feature columns (names recorded by the extraction, present in ``table``)."""

@@ -20,6 +20,7 @@ from epikit.classification_metrics import classification_scores, fold_spread, im
 from epikit.device import available_memory
 from epikit.errors import DataError
 from epikit.splits import assign_folds, confounded_columns, validation_split
+from epikit.training.crop_source import CropSource, TensorCrops
 from epikit.training.fit import TrainedModel, predict_proba, train_classifier
 from epikit.training.fold_store import FoldStore
 from epikit.options import TrainingOptions
@@ -68,7 +69,7 @@ def _check_inputs(crops: Any, labels: np.ndarray, groups: np.ndarray, classes: S
 
 
 def cross_validate(
-    crops: np.ndarray | torch.Tensor,
+    crops: np.ndarray | torch.Tensor | CropSource,
     labels: np.ndarray,
     groups: np.ndarray,
     classes: Sequence[str],
@@ -86,7 +87,8 @@ def cross_validate(
 ) -> CrossValidation:
     """Train ``classifier`` once per fold and score its out-of-fold predictions.
 
-    ``crops`` (N, C, S, S) float, ``labels`` (N,) ints indexing ``classes``, ``groups`` (N,)
+    ``crops`` (N, C, S, S) float (an array, or a :class:`~epikit.training.crop_source.CropSource`
+    such as ``crops.zarr`` read pool by pool), ``labels`` (N,) ints indexing ``classes``, ``groups`` (N,)
     the unit no split may cut (field / well / replicate). ``image_ids`` enables image-level
     votes (defaults to ``groups``); ``table`` (cells with batch columns such as ``plate``)
     enables the confound check. ``resume_dir``: each finished fold is saved there and reused
@@ -120,13 +122,15 @@ def cross_validate(
     fold, evaluated = assign_folds(labels, groups, classes, split, folds, options.seed)
     split_groups = np.arange(len(labels)) if split == "cell" else groups
 
-    data = _place(torch.as_tensor(np.ascontiguousarray(crops)), device)
-    targets = torch.as_tensor(labels).to(data.device)
+    stored = isinstance(crops, CropSource)
+    data = crops if stored else TensorCrops(_place(torch.as_tensor(np.ascontiguousarray(crops)), device))
+    targets = torch.as_tensor(labels)
     n, in_channels, crop_size = len(labels), data.shape[1], data.shape[-1]
     store = None
     if resume_dir is not None:
+        identity = crops.identity() if stored else crops
         store = FoldStore(
-            Path(resume_dir), FoldStore.fingerprint(crops, labels, groups, classifier, params, split, folds, options),
+            Path(resume_dir), FoldStore.fingerprint(identity, labels, groups, classifier, params, split, folds, options),
             lambda: rebuild_classifier(classifier, in_channels, len(classes), crop_size, **params), device,
         )
     proba = np.full((n, len(classes)), np.nan)
@@ -156,8 +160,8 @@ def cross_validate(
                 model, data, targets, torch.as_tensor(fitting), torch.as_tensor(validation),
                 fold_options, device, description=label,
             )
-            test_proba = predict_proba(trained.model, data[torch.as_tensor(test_positions).to(data.device)],
-                                       device=device, amp=options.amp).cpu().numpy()
+            test_proba = predict_proba(trained.model, data, rows=test_positions, device=device,
+                                       amp=options.amp).cpu().numpy()
             if store is not None:
                 store.save(k, trained, test_proba)
         proba[test_positions] = test_proba

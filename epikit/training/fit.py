@@ -1,11 +1,12 @@
-"""The fit loop shared by every classifier: :func:`train_classifier` on in-memory crops.
+"""The fit loop shared by every classifier: :func:`train_classifier` on a crop source.
 
 AdamW (or Adam), cross-entropy on logits with class-balanced weights (or sampling), flips /
 90-degree rotations / intensity jitter applied to whole batches on the device, early stopping
 on the validation loss, mixed precision on CUDA, best-epoch weights kept. Networks and
 batches are laid out channels-last (NHWC) while training and predicting: the same arithmetic,
 1.15-1.35x faster convolutions, pooling and BatchNorm on the CPU (bench/README.md, "Study
-scale"), and the layout tensor cores want on a GPU.
+scale"), and the layout tensor cores want on a GPU. Crops come from a
+:mod:`~epikit.training.crop_source`: a tensor, or ``crops.zarr`` read pool by pool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from epikit.classification_metrics import classification_scores
 from epikit.errors import ModelError
 from epikit.options import TrainingOptions
+from epikit.training.crop_source import CropSource, as_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -105,21 +107,25 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def predict_proba(
-    model: nn.Module, crops: torch.Tensor, batch_size: int = 256, device: torch.device | None = None,
-    amp: bool = True,
+    model: nn.Module, crops: torch.Tensor | CropSource, batch_size: int = 256,
+    device: torch.device | None = None, amp: bool = True, rows: Any = None,
 ) -> torch.Tensor:
     """Class probabilities (N, K) float32 on ``device`` for ``crops`` (softmax of the logits).
 
-    ``amp``: mixed precision on CUDA (as :class:`~epikit.options.TrainingOptions` ``amp``).
+    ``crops``: a tensor or a :class:`~epikit.training.crop_source.CropSource`; ``rows``: which
+    of its crops, in order (default: all). ``amp``: mixed precision on CUDA (as
+    :class:`~epikit.options.TrainingOptions` ``amp``).
     """
     import torch
 
     device = device or next(model.parameters()).device
+    source = as_source(crops)
+    rows = torch.arange(len(source)) if rows is None else torch.as_tensor(rows)
     model.eval()
     parts = []
     with torch.inference_mode(), _autocast(device, amp):
-        for start in range(0, len(crops), batch_size):
-            batch = channels_last(crops[start:start + batch_size].to(device, non_blocking=True).float())
+        for block in source.blocks(rows, batch_size):
+            batch = channels_last(block.to(device, non_blocking=True).float())
             parts.append(torch.softmax(model(batch).float(), dim=1))
     if not parts:
         return torch.zeros(0, 0, device=device)
@@ -159,17 +165,18 @@ def _epoch_order(
 
 
 class _Fit:
-    """The state of one training run: data on its device, optimiser, schedule, scaler."""
+    """The state of one training run: crops, labels on the device, optimiser, schedule, scaler."""
 
-    def __init__(self, model: nn.Module, crops: torch.Tensor, labels: torch.Tensor,
+    def __init__(self, model: nn.Module, crops: CropSource, labels: torch.Tensor,
                  train_index: torch.Tensor, options: TrainingOptions, device: torch.device):
         import torch
         from torch import nn
 
         self.model, self.crops, self.options, self.device = model, crops, options, device
         self.generator = torch.Generator(device=device).manual_seed(options.seed)
-        self.train_index = train_index.to(crops.device)
-        self.train_labels = labels[self.train_index].to(device)
+        self.train_index = train_index.to(device)
+        self.labels = labels.to(device)
+        self.train_labels = self.labels[self.train_index]
         self.num_classes = _output_size(model)
         self.weights = class_weights(self.train_labels, self.num_classes).to(device)
         self.loss_weights = self.weights if options.balance == "weights" else None
@@ -189,13 +196,11 @@ class _Fit:
         model.train()
         order = _epoch_order(self.train_labels, self.weights, options, self.generator)
         loss_sum, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), options.batch_size):
-            positions = order[start:start + options.batch_size]
-            if len(positions) < 2:  # BatchNorm cannot train on one sample
+        for rows, x in self.crops.batches(self.train_index[order], options.batch_size, self.generator):
+            if len(rows) < 2:  # BatchNorm cannot train on one sample
                 continue
-            rows = self.train_index[positions.to(self.train_index.device)]
-            x = self.crops[rows].to(self.device, non_blocking=True).float()
-            y = self.train_labels[positions]
+            x = x.to(self.device, non_blocking=True).float()
+            y = self.labels[rows.to(self.device)]
             if options.augment:
                 x = augment_batch(x, self.generator, options.intensity_jitter)
             x = channels_last(x)
@@ -215,11 +220,12 @@ class _Fit:
             self.scheduler.step()
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
-    def validate(self, crops: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
-        """Loss (class-weighted like training), accuracy and balanced accuracy on ``crops``."""
+    def validate(self, rows: torch.Tensor) -> dict[str, float | None]:
+        """Loss (class-weighted like training), accuracy and balanced accuracy on crops ``rows``."""
         from torch import nn
 
-        proba = predict_proba(self.model, crops, device=self.device, amp=self.options.amp)
+        proba = predict_proba(self.model, self.crops, device=self.device, amp=self.options.amp, rows=rows)
+        labels = self.labels[rows.to(self.device)]
         loss = nn.functional.nll_loss(proba.clamp_min(1e-7).log(), labels,
                                       weight=self.loss_weights)
         scores = classification_scores(labels.cpu().numpy(), proba.cpu().numpy(),
@@ -230,7 +236,7 @@ class _Fit:
 
 def train_classifier(
     model: nn.Module,
-    crops: torch.Tensor,
+    crops: torch.Tensor | CropSource,
     labels: torch.Tensor,
     train_index: torch.Tensor,
     validation_index: torch.Tensor | None = None,
@@ -240,8 +246,9 @@ def train_classifier(
 ) -> TrainedModel:
     """Train ``model`` on ``crops[train_index]``; keep the epoch of lowest validation loss.
 
-    ``crops`` (N, C, S, S) float32 and ``labels`` (N,) long may live on the CPU or ``device``;
-    batches are gathered by index (no per-item loader). Validation (and the BatchNorm refresh
+    ``crops``: (N, C, S, S) float tensor on the CPU or ``device``, or a
+    :class:`~epikit.training.crop_source.CropSource`; ``labels`` (N,) long. Batches are
+    gathered by index (no per-item loader). Validation (and the BatchNorm refresh
     before it) runs from ``min_epochs`` on; without a validation set, training runs all
     epochs and keeps the last (see :class:`TrainingOptions`). Returns the model in eval mode.
     """
@@ -252,11 +259,9 @@ def train_classifier(
 
     options = options or TrainingOptions()
     device = torch.device(device) if device is not None else default_device()
-    fit = _Fit(model.to(device, memory_format=torch.channels_last), crops, labels, train_index, options, device)
+    source = as_source(crops)
+    fit = _Fit(model.to(device, memory_format=torch.channels_last), source, labels, train_index, options, device)
     has_validation = validation_index is not None and len(validation_index) > 0
-    if has_validation:
-        val_crops = crops[validation_index.to(crops.device)]
-        val_labels = labels[validation_index.to(labels.device)].to(device)
     min_epochs = options.epochs // 2 if options.min_epochs is None else options.min_epochs
     min_epochs = min(max(min_epochs, 1), options.epochs)
 
@@ -276,9 +281,9 @@ def train_classifier(
             }
             candidate = epoch >= min_epochs and (has_validation or epoch == options.epochs)
             if candidate and options.precise_bn:
-                refresh_batch_norm(model, crops, fit.train_index, options.batch_size * 4, device, options.amp)
+                refresh_batch_norm(model, source, fit.train_index, options.batch_size * 4, device, options.amp)
             if candidate and has_validation:
-                record.update(fit.validate(val_crops, val_labels))
+                record.update(fit.validate(validation_index))
                 if record["val_loss"] < best_loss:
                     best_loss, best_epoch, stale = record["val_loss"], epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
@@ -298,10 +303,10 @@ def train_classifier(
 
 
 def refresh_batch_norm(
-    model: nn.Module, crops: torch.Tensor, index: torch.Tensor, batch_size: int,
+    model: nn.Module, crops: torch.Tensor | CropSource, index: torch.Tensor, batch_size: int,
     device: torch.device, amp: bool = True,
 ) -> None:
-    """Recompute every BatchNorm's running mean/variance as the average over ``crops[index]``
+    """Recompute every BatchNorm's running mean/variance as the average over the crops ``index``
     (``amp``: in mixed precision on CUDA)."""
     import torch
     from torch import nn
@@ -316,10 +321,9 @@ def refresh_batch_norm(
         norm.momentum = None  # cumulative average over the batches below
     model.train()
     with torch.no_grad(), _autocast(device, amp):
-        for start in range(0, len(index), batch_size):
-            batch = index[start:start + batch_size]
+        for batch in as_source(crops).blocks(index, batch_size):
             if len(batch) > 1:
-                model(channels_last(crops[batch].to(device, non_blocking=True).float()))
+                model(channels_last(batch.to(device, non_blocking=True).float()))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
 

@@ -11,7 +11,6 @@ prediction columns of ``cells.parquet`` and ``metrics.json["classification"]``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from epikit.config import section_hash
-from epikit.device import available_memory
 from epikit.errors import ConfigError, DataError
 from epikit.runfolder import layout
 from epikit.runfolder.rows import cell_rows
 from epikit.runfolder.scratch import Scratch
+from epikit.runfolder.crop_sources import crop_source
 from epikit.training.cross_validation import CrossValidation, cross_validate
 from epikit.training.fit import TrainedModel
 from epikit.training.fold_store import training_settings
@@ -38,18 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 LOOP_KEYS = frozenset(f.name for f in dataclasses.fields(TrainingOptions)) | {"recipe"}
 ALL_CHANNELS = "all"
 PREDICTION_COLUMNS = ("fold", "split", "prediction", "probability", "correct")
-
-
-def load_all_crops(dataset: Any, block: int = 4096) -> np.ndarray:
-    """Every crop of a :class:`~epikit.runfolder.cells.CellDataset`: float32 if it fits in RAM, else float16."""
-    n = len(dataset)
-    shape = (n, len(dataset.channel_names), dataset.crop_size, dataset.crop_size)
-    if 4 * math.prod(shape) < available_memory() / 3:
-        return dataset.load_crops(np.arange(n)).astype(np.float32, copy=False)
-    crops = np.empty(shape, dtype=np.float16)
-    for start in range(0, n, block):
-        crops[start:start + block] = dataset.load_crops(np.arange(start, min(start + block, n)))
-    return crops
 
 
 def _checkpoint(
@@ -191,7 +178,6 @@ def train_run(
     labels = np.asarray(dataset.labels, dtype=np.int64)
     if len(labels) == 0:
         raise DataError(f"{run_dir / layout.CELLS} has no cells: nothing to train on")
-    crops = load_all_crops(dataset)
     table = dataset.table
     # Finished folds wait in the scratch of these settings (each fold file also keys its data).
     scratch = Scratch(run_dir, "train", section_hash(
@@ -200,9 +186,8 @@ def train_run(
     image_ids = table["image_id"].to_numpy() if "image_id" in table else None
     results: dict[str, CrossValidation] = {}
     for view, channel_index in resolved.items():
-        every = channel_index == list(range(crops.shape[1]))
         results[view] = cross_validate(
-            crops if every else crops[:, channel_index], labels, np.asarray(dataset.groups),
+            crop_source(dataset, channel_index, options.crops_memory_mb), labels, np.asarray(dataset.groups),
             dataset.classes, classifier, params, split=split, folds=folds, options=options,
             image_ids=image_ids, table=table, device=device,
             description=view if len(resolved) > 1 else "",
