@@ -1,7 +1,8 @@
 """Segmentation of real nuclei: the held-out DSB2018 split, upscaled copies of it, the simulator.
 
-For each segmenter (``maskrcnn`` with the shipped weights, ``maskrcnn`` with older weights
-given by ``--before``, ``watershed``), on one torch thread:
+For each segmenter (``maskrcnn`` with the shipped weights and default options,
+``maskrcnn-one-pass`` without flip augmentation, ``maskrcnn`` with older weights given by
+``--before``, ``watershed``), on one torch thread:
 
 * the fixed validation split of the DSB2018 fluorescence images that
   ``epikit train-segmenter maskrcnn`` holds out (ids in the weights' sidecar), as they are
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--sim", type=int, default=10)
     parser.add_argument("--sora", type=int, default=3)
-    parser.add_argument("--segmenters", nargs="*", default=["maskrcnn", "maskrcnn-before", "watershed"])
+    parser.add_argument("--segmenters", nargs="*", default=["maskrcnn", "maskrcnn-one-pass", "maskrcnn-before", "watershed"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -94,6 +95,7 @@ def main() -> None:
         sets["sora 2048"] = sora_fields(args.sora)
     builders = {
         "maskrcnn": lambda: get_segmenter("maskrcnn", weights=args.weights, device="cpu"),
+        "maskrcnn-one-pass": lambda: get_segmenter("maskrcnn", weights=args.weights, device="cpu", augment=False),
         "maskrcnn-before": lambda: get_segmenter("maskrcnn", weights=args.before, device="cpu"),
         "watershed": lambda: get_segmenter("watershed"),
     }

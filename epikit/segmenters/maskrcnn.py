@@ -10,7 +10,9 @@ nuclei measure the diameter the network was trained at (``nucleus_diameter`` of 
 checkpoint): the field's nucleus diameter is ``diameter`` when given, else estimated
 (:func:`epikit.segmenters.scale.estimate_diameter`) and then checked against the median size
 of what the network found - when the two differ by more than a quarter the field is run again
-at the measured size, as cellpose refines its size model. The resampled field is cut into overlapping
+at the measured size, as cellpose refines its size model. An estimate of a quarter of the field or
+more that yields fewer than three objects (an embryo or a tissue measured as one nucleus) is
+checked by a pass at the network's own scale instead. The resampled field is cut into overlapping
 square tiles (``tile_size``, ``overlap`` >= the largest nucleus diameter) that run through
 the network in batches. Every tile owns a *core* region - the tiles' overlaps are split down
 the middle - and keeps only the detections whose box centre lies in its core, so an object
@@ -18,21 +20,21 @@ cut by one tile's border is taken from the tile that sees it whole, exactly once
 pasted into the label image in order of decreasing score: a pixel goes to the
 highest-scoring object, and an object that keeps less than half its pixels is a duplicate
 and dropped. Boxes are mapped back to the field's own pixels first, so masks are pasted at full
-resolution. Labels are renumbered 1..n.
+resolution. Labels are renumbered 1..n. ``augment=True`` runs every pass on four mirrored
+copies of the field and votes (:mod:`epikit.segmenters.detections`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from epikit.device import default_device
 from epikit.errors import ConfigError, InputError
+from epikit.segmenters.detections import FLIPS, Detections, flip, fuse, paste_labels, unflip
 from epikit.segmenters.maskrcnn_model import load_model, normalise_nuclear
 from epikit.segmenters.scale import estimate_diameter, resample, scaled_shape
 
@@ -40,6 +42,17 @@ from epikit.segmenters.scale import estimate_diameter, resample, scaled_shape
 SCALE_LIMITS = (1 / 32, 4.0)
 #: The network's own size measurement triggers a second pass when it differs more than this.
 REFINE_TOLERANCE = 1.25
+#: With ``augment``, detections of the mirrored passes overlapping this much are one object.
+VOTE_IOU = 0.55
+#: With ``augment``, each pass keeps detections down to this score before the vote.
+PASS_SCORE = 0.3
+#: Default ``score_threshold``: of the voted score with ``augment``, of the network's without
+#: (both chosen on the held-out DSB2018 split, bench/README.md "Segmentation of real images").
+VOTED_SCORE, ONE_PASS_SCORE = 0.6, 0.4
+#: An estimate over this fraction of the field's shorter side that yields fewer than
+#: :data:`MIN_REFINE_OBJECTS` objects is checked by a pass at the network's own scale.
+FIELD_SIZED = 0.25
+MIN_REFINE_OBJECTS = 3
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -59,82 +72,23 @@ def core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, 
     return [(cuts[i], cuts[i + 1]) for i in range(len(starts))]
 
 
-@dataclass
-class Detections:
-    """Objects found in a field: boxes (N, 4) x0,y0,x1,y1 in field pixels, scores, mask probs."""
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    masks: torch.Tensor  # (N, M, M) probabilities over each box
-
-    def scaled(self, sx: float, sy: float) -> Detections:
-        """The same objects with box coordinates multiplied by ``sx`` (x) and ``sy`` (y)."""
-        factors = torch.tensor([sx, sy, sx, sy], dtype=self.boxes.dtype)
-        return Detections(self.boxes * factors, self.scores, self.masks)
-
-    def median_diameter(self, mask_threshold: float) -> float | None:
-        """Median equivalent diameter of the objects (box area x mask fraction); None if none."""
-        if len(self.scores) == 0:
-            return None
-        sides = (self.boxes[:, 2:] - self.boxes[:, :2]).clamp(min=0)
-        areas = (self.masks > mask_threshold).float().mean(dim=(1, 2)) * sides[:, 0] * sides[:, 1]
-        return float(torch.median(2.0 * torch.sqrt(areas / math.pi)))
-
-
-def paste_labels(detections: Detections, shape: tuple[int, int], mask_threshold: float, min_area: int) -> np.ndarray:
-    """Paste masks into an int32 label image, higher scores first, labels 1..n without gaps."""
-    height, width = shape
-    labels = torch.zeros(shape, dtype=torch.int32)
-    order = torch.argsort(detections.scores, descending=True)
-    next_label = 1
-    for index in order.tolist():
-        x0, y0, x1, y1 = detections.boxes[index].tolist()
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            continue
-        px0, py0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
-        px1, py1 = min(int(np.ceil(x1)), width), min(int(np.ceil(y1)), height)
-        if px1 <= px0 or py1 <= py0:
-            continue
-        # Sample the box's mask at pixel centres (grid_sample, align_corners=False convention).
-        gx = (torch.arange(px0, px1, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
-        gy = (torch.arange(py0, py1, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
-        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-        prob = F.grid_sample(detections.masks[index][None, None].float(), grid, align_corners=False)[0, 0]
-        mask = prob > mask_threshold
-        area = int(mask.sum())
-        if area < max(min_area, 1):
-            continue
-        region = labels[py0:py1, px0:px1]
-        free = mask & (region == 0)
-        kept = int(free.sum())
-        if kept < max(min_area, 1) or kept < 0.5 * area:
-            continue
-        region[free] = next_label
-        next_label += 1
-    return _relabel_sequential(labels.numpy())
-
-
-def _relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels 1..n without gaps (objects may vanish when overlaps are resolved)."""
-    present = np.unique(labels)
-    present = present[present > 0]
-    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lookup[labels]
-
-
 class MaskRCNNSegmenter:
     """Nuclei instance segmentation with epikit's compact Mask R-CNN.
 
     Parameters: ``weights`` (None = shipped weights, a ``.pt`` path or an http(s) URL),
     ``sha256`` (checked when given), ``tile_size`` and ``overlap`` in pixels (overlap must
     exceed the largest nucleus diameter), ``batch_size`` tiles per forward pass,
-    ``score_threshold`` (minimum detection score), ``mask_threshold`` (mask probability cut),
+    ``score_threshold`` (minimum detection score; default :data:`VOTED_SCORE` with ``augment``,
+    :data:`ONE_PASS_SCORE` without), ``mask_threshold`` (mask probability cut),
     ``nms`` (box IoU above which the weaker detection in a tile is suppressed), ``min_area``
     (pixels; smaller objects are dropped), ``max_detections`` per tile (crowded fields of
     tiny nuclei may need a smaller ``tile_size``), ``device`` (default: GPU when available),
     ``diameter`` (typical nucleus diameter of the fields in pixels; ``None`` estimates it per
-    field), ``refine`` (check the estimate against the network's own objects and rerun once).
+    field), ``refine`` (check the estimate against the network's own objects and rerun once),
+    ``augment`` (also run the field mirrored three ways and vote, as cellpose's ``augment``:
+    4x the time, masks that follow the outline more closely; see
+    :mod:`epikit.segmenters.detections`). With ``augment`` ``score_threshold`` applies to the
+    voted score.
     ``tile_size``, ``overlap`` and ``max_detections`` apply to the resampled field.
     ``model`` uses an already built network instead of loading ``weights`` (training uses
     it to validate).
@@ -147,7 +101,7 @@ class MaskRCNNSegmenter:
         tile_size: int = 512,
         overlap: int = 128,
         batch_size: int = 4,
-        score_threshold: float = 0.4,
+        score_threshold: float | None = None,
         mask_threshold: float = 0.5,
         nms: float = 0.4,
         min_area: int = 10,
@@ -156,6 +110,7 @@ class MaskRCNNSegmenter:
         model: torch.nn.Module | None = None,
         diameter: float | None = None,
         refine: bool = True,
+        augment: bool = True,
     ) -> None:
         if tile_size < 64 or tile_size % 32:
             raise ConfigError(f"tile_size must be a multiple of 32 and >= 64, got {tile_size}")
@@ -163,6 +118,8 @@ class MaskRCNNSegmenter:
             raise ConfigError(f"overlap must be in [0, tile_size/2], got {overlap} for tile_size {tile_size}")
         if batch_size < 1 or max_detections < 1:
             raise ConfigError(f"batch_size and max_detections must be >= 1, got {batch_size}, {max_detections}")
+        if score_threshold is None:
+            score_threshold = VOTED_SCORE if augment else ONE_PASS_SCORE
         for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold), ("nms", nms)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
@@ -181,10 +138,10 @@ class MaskRCNNSegmenter:
                 f"diameter={diameter} needs weights trained at one nucleus size (epikit >= 0.2); "
                 f"{self.weights_path or 'this model'} was trained at the images' own scale - drop diameter"
             )
-        self.diameter, self.refine = diameter, refine
+        self.diameter, self.refine, self.augment = diameter, refine, augment
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.score_threshold, self.mask_threshold, self.min_area = score_threshold, mask_threshold, min_area
-        self.model.roi_heads.score_thresh = score_threshold
+        self.model.roi_heads.score_thresh = min(score_threshold, PASS_SCORE) if augment else score_threshold
         self.model.roi_heads.nms_thresh = nms
         self.model.roi_heads.detections_per_img = max_detections
         self.model.rpn._post_nms_top_n["testing"] = 2 * max_detections
@@ -208,11 +165,28 @@ class MaskRCNNSegmenter:
             return paste_labels(self.detect(channel), shape, self.mask_threshold, self.min_area)
         diameter = self.diameter or estimate_diameter(channel) or self.trained_diameter
         detections = self.detect_at(channel, diameter)
-        if self.diameter is None and self.refine and len(detections.scores) >= 3:
-            measured = detections.median_diameter(self.mask_threshold)
-            if measured and abs(math.log(measured / diameter)) > math.log(REFINE_TOLERANCE):
-                detections = self.detect_at(channel, measured)
+        if self.diameter is None and self.refine:
+            detections = self._refined(channel, diameter, detections)
         return paste_labels(detections, shape, self.mask_threshold, self.min_area)
+
+    def _refined(self, channel: np.ndarray, diameter: float, detections: Detections) -> Detections:
+        """Check the estimated ``diameter`` against what the network found; rerun once if it disagrees.
+
+        Enough objects: their median size is the measurement. Too few after a field-sized
+        estimate (a tissue, an embryo or a clump measured as one nucleus): a pass at the
+        network's own scale measures instead, and is kept only if it finds enough objects.
+        """
+        if len(detections.scores) < MIN_REFINE_OBJECTS:
+            if diameter <= FIELD_SIZED * min(channel.shape):
+                return detections
+            native = self.detect(channel)
+            if len(native.scores) < MIN_REFINE_OBJECTS:
+                return detections
+            detections, diameter = native, self.trained_diameter
+        measured = detections.median_diameter(self.mask_threshold)
+        if measured and abs(math.log(measured / diameter)) > math.log(REFINE_TOLERANCE):
+            return self.detect_at(channel, measured)
+        return detections
 
     def detect_at(self, channel: np.ndarray, diameter: float) -> Detections:
         """Detections of a normalised channel whose nuclei measure ``diameter`` px, in its own pixels.
@@ -227,9 +201,16 @@ class MaskRCNNSegmenter:
         found = self.detect(resample(channel, shape))
         return found.scaled(channel.shape[1] / shape[1], channel.shape[0] / shape[0])
 
-    @torch.inference_mode()
     def detect(self, channel: np.ndarray) -> Detections:
-        """Detections of a normalised (Y, X) channel, de-duplicated across tiles."""
+        """Detections of a normalised (Y, X) channel: one pass, or four mirrored passes fused (``augment``)."""
+        if not self.augment:
+            return self.detect_tiles(channel)
+        passes = [unflip(self.detect_tiles(flip(channel, lr, tb)), lr, tb, channel.shape) for lr, tb in FLIPS]
+        return fuse(passes, VOTE_IOU, self.score_threshold)
+
+    @torch.inference_mode()
+    def detect_tiles(self, channel: np.ndarray) -> Detections:
+        """Detections of one pass over a normalised (Y, X) channel, de-duplicated across tiles."""
         height, width = channel.shape
         ys, xs = tile_starts(height, self.tile_size, self.overlap), tile_starts(width, self.tile_size, self.overlap)
         y_cores = core_bounds(ys, self.tile_size, height)
