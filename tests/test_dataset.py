@@ -119,3 +119,11 @@ def test_to_anndata(run: Path) -> None:
 def test_missing_run_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="epikit extract"):
         CellDataset(tmp_path)
+
+
+def test_chunk_runs_group_neighbouring_chunks_up_to_a_length() -> None:
+    from epikit.runfolder.cells import chunk_runs
+
+    assert chunk_runs(np.array([0, 1, 2, 5, 6, 9]), 2) == [(0, 1), (2, 2), (5, 6), (9, 9)]
+    assert chunk_runs(np.array([3]), 8) == [(3, 3)]
+    assert chunk_runs(np.array([], dtype=np.int64), 8) == []

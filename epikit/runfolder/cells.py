@@ -34,6 +34,16 @@ from epikit.runfolder.layout import CELLS, CROPS
 READ_BLOCK_BYTES = 64 * 1024 * 1024
 
 
+def chunk_runs(chunks: np.ndarray, longest: int) -> list[tuple[int, int]]:
+    """Sorted unique chunk numbers grouped into runs of neighbours: ``(first, last)``, at most ``longest`` long."""
+    runs: list[tuple[int, int]] = []
+    for run in np.split(chunks, np.flatnonzero(np.diff(chunks) != 1) + 1):
+        for start in range(0, len(run), longest):
+            part = run[start:start + longest]
+            runs.append((int(part[0]), int(part[-1])))
+    return runs
+
+
 class CellDataset(Dataset):
     """Cells of a run folder: ``dataset[i] -> (crop float32 tensor (C', S, S), label int)``.
 
@@ -122,8 +132,9 @@ class CellDataset(Dataset):
     def load_crops(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Read many crops at once: ``(n, C', S, S)`` float32 in the order of ``indices``.
 
-        ``indices`` are dataset positions (default: all). Reads whole blocks of chunks in one
-        request each instead of one request per cell; no ``transform`` is applied.
+        ``indices`` are dataset positions (default: all). Reads only the chunks that hold
+        wanted cells, each run of neighbouring chunks in one request (at most
+        :data:`READ_BLOCK_BYTES`), instead of one request per cell; no ``transform`` is applied.
         """
         positions = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         wanted = self._crop_index[positions]
@@ -132,19 +143,15 @@ class CellDataset(Dataset):
         if not len(wanted):
             return out
         array = self._array()
-        chunk = array.chunks[0]
+        chunk = int(array.chunks[0])
         chunk_bytes = chunk * int(np.prod(array.shape[1:])) * np.dtype(self.attrs["dtype"]).itemsize
-        block = max(1, READ_BLOCK_BYTES // chunk_bytes) * chunk
         order = np.argsort(wanted, kind="stable")
         sorted_wanted = wanted[order]
-        start = 0
-        while start < len(sorted_wanted):
-            first = int(sorted_wanted[start]) // block * block
-            stop = int(np.searchsorted(sorted_wanted, first + block))
-            data = np.asarray(array[first:min(first + block, array.shape[0])])
-            picked = data[sorted_wanted[start:stop] - first][:, self._channel_index]
-            out[order[start:stop]] = picked
-            start = stop
+        for first, last in chunk_runs(np.unique(sorted_wanted // chunk), max(1, READ_BLOCK_BYTES // chunk_bytes)):
+            low, high = first * chunk, min((last + 1) * chunk, array.shape[0])
+            start, stop = np.searchsorted(sorted_wanted, [low, high])
+            data = np.asarray(array[low:high])
+            out[order[start:stop]] = data[sorted_wanted[start:stop] - low][:, self._channel_index]
         return out
 
     def crop_chunks(self) -> np.ndarray:
