@@ -39,6 +39,7 @@ from epikit.io.store import atomic_path, write_json
 from epikit.options import BiomarkerOptions, TrainingOptions
 from epikit.registry import get_explainer
 from epikit.runfolder.cells import CellDataset
+from epikit.runfolder.crop_sources import mask_source
 from epikit.runfolder.crops import read_masks
 from epikit.runfolder.layout import MAPS, METRICS
 from epikit.runfolder.maps import StoredMaps
@@ -46,7 +47,6 @@ from epikit.runfolder.metrics import read_metrics
 from epikit.runfolder.models import load_fold_models
 from epikit.runfolder.rows import cell_rows
 from epikit.runfolder.scratch import Scratch
-from epikit.runfolder.crop_sources import mask_source
 from epikit.training.cross_validation import cross_validate
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,8 +20,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 ANNOTATED = Path(__file__).resolve().parents[1] / "examples" / "run.toml"
-#: Keys of a plugin stage's table that the annotated file gives as plugin parameters.
-PLUGIN_KEYS = {("segment", "min_area")}
+#: Keys of a stage's table that the annotated file gives as parameters (of the segmenter
+#: plugin, or of the training loop): they land in the stage's ``params``.
+PLUGIN_KEYS = {("segment", "min_area"), ("train", "crops_memory_mb")}
 
 
 def documented() -> list[tuple[str, str, Any]]:
@@ -59,3 +60,10 @@ def test_a_documented_option_is_reachable_with_p(stage: str, key: str, value: An
     params = parse_params([f"{stage}.{key}={text}"])  # as `epikit run -p stage.key=value` parses it
     got = getattr(stage_options(stage, merge_config(default_config(), overrides_from_params(params)), []), key)
     assert (list(got) if isinstance(got, tuple) else got) == changed
+
+
+@pytest.mark.parametrize(("stage", "key"), sorted(PLUGIN_KEYS))
+def test_a_documented_parameter_reaches_the_stage_params(stage: str, key: str) -> None:
+    params = parse_params([f"{stage}.{key}=7"])
+    got = stage_options(stage, merge_config(default_config(), overrides_from_params(params)), [])
+    assert got.params[key] == 7

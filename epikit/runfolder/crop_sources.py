@@ -8,6 +8,7 @@ stage's mask-only control never hold more than the budget, however many cells a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,41 +17,31 @@ from epikit.runfolder.crops import read_masks
 from epikit.training.crop_source import CropSource, StoredCrops, TensorCrops, pool_size
 
 
-def crop_source(dataset: Any, channel_index: list[int], budget_mb: float) -> CropSource:
-    """The crops of a :class:`~epikit.runfolder.cells.CellDataset` (channels ``channel_index``).
-
-    In memory (:class:`TensorCrops`, float32) when they take at most ``budget_mb`` MiB,
-    else :class:`StoredCrops` read from ``crops.zarr`` in pools of that size.
-    """
-    import torch
-
-    n, size = len(dataset), dataset.crop_size
-    shape = (n, len(channel_index), size, size)
-    cell_bytes = 4 * math.prod(shape[1:])
-    selected = np.asarray(channel_index)
-    if n * cell_bytes <= budget_mb * 2**20:
-        return TensorCrops(torch.from_numpy(dataset.load_crops(np.arange(n))[:, selected]))
-    every = list(channel_index) == list(range(len(dataset.channel_names)))
-    return StoredCrops(
-        read=dataset.load_crops if every else (lambda rows: dataset.load_crops(rows)[:, selected]),
-        chunk=dataset.crop_chunks(), shape=shape, pool_cells=pool_size(budget_mb, cell_bytes),
-        key=(dataset.content_key(), list(channel_index), budget_mb),
-    )
+def crop_source(dataset: Any, budget_mb: float) -> CropSource:
+    """The crops of a :class:`~epikit.runfolder.cells.CellDataset`, in its channels."""
+    shape = (len(dataset), len(dataset.channel_names), dataset.crop_size, dataset.crop_size)
+    return _within_budget(dataset, dataset.load_crops, shape, dataset.content_key(), budget_mb)
 
 
 def mask_source(dataset: Any, budget_mb: float) -> CropSource:
-    """The nucleus masks of a dataset as 1-channel float crops (inside = 1), like :func:`crop_source`."""
-    import torch
-
-    n, size = len(dataset), dataset.crop_size
+    """The nucleus masks of a dataset as 1-channel float crops (inside = 1)."""
     crop_index = dataset.table["crop_index"].to_numpy(np.int64)
 
     def read(rows: np.ndarray) -> np.ndarray:
         return read_masks(dataset.store_path, crop_index[rows])[:, None].astype(np.float32)
 
-    cell_bytes = 4 * size * size
-    if n * cell_bytes <= budget_mb * 2**20:
-        return TensorCrops(torch.from_numpy(read(np.arange(n))))
-    return StoredCrops(read=read, chunk=dataset.crop_chunks(), shape=(n, 1, size, size),
-                       pool_cells=pool_size(budget_mb, cell_bytes),
-                       key=(dataset.content_key(), "masks", budget_mb))
+    shape = (len(dataset), 1, dataset.crop_size, dataset.crop_size)
+    return _within_budget(dataset, read, shape, (dataset.content_key(), "masks"), budget_mb)
+
+
+def _within_budget(dataset: Any, read: Callable[[np.ndarray], np.ndarray], shape: tuple[int, int, int, int],
+                   key: Any, budget_mb: float) -> CropSource:
+    """:class:`TensorCrops` of everything ``read`` gives when it fits ``budget_mb`` MiB, else
+    :class:`StoredCrops` reading pools of that size."""
+    import torch
+
+    cell_bytes = 4 * math.prod(shape[1:])
+    if shape[0] * cell_bytes <= budget_mb * 2**20:
+        return TensorCrops(torch.from_numpy(read(np.arange(shape[0]))))
+    return StoredCrops(read=read, chunk=dataset.crop_chunks(), shape=shape,
+                       pool_cells=pool_size(budget_mb, cell_bytes), key=(key, budget_mb))

@@ -20,9 +20,9 @@ import numpy as np
 from epikit.config import section_hash
 from epikit.errors import ConfigError, DataError
 from epikit.runfolder import layout
+from epikit.runfolder.crop_sources import crop_source
 from epikit.runfolder.rows import cell_rows
 from epikit.runfolder.scratch import Scratch
-from epikit.runfolder.crop_sources import crop_source
 from epikit.training.cross_validation import CrossValidation, cross_validate
 from epikit.training.fit import TrainedModel
 from epikit.training.fold_store import training_settings
@@ -187,7 +187,8 @@ def train_run(
     results: dict[str, CrossValidation] = {}
     for view, channel_index in resolved.items():
         results[view] = cross_validate(
-            crop_source(dataset, channel_index, options.crops_memory_mb), labels, np.asarray(dataset.groups),
+            crop_source(CellDataset(run_dir, channels=[dataset.channel_names[i] for i in channel_index]),
+                        options.crops_memory_mb), labels, np.asarray(dataset.groups),
             dataset.classes, classifier, params, split=split, folds=folds, options=options,
             image_ids=image_ids, table=table, device=device,
             description=view if len(resolved) > 1 else "",
