@@ -9,10 +9,11 @@ are, in order (:meth:`blocks`, for validation, test predictions and the BatchNor
 - :class:`StoredCrops` keeps at most ``pool_cells`` crops in memory. An epoch visits the
   store's chunks in a random order, ``pool_cells`` cells at a time; each pool is read in one
   pass (every chunk decompressed once per epoch, not once per batch) and shuffled within
-  itself. Chunks hold consecutive cells of one field, so a pool of ~1,300 cells mixes
-  ~80 fields of every condition. A random batch drawn from the whole store would touch one
-  chunk per cell: 39 ms of reading per 16-cell batch against an 80 ms step on the study's
-  crops; pools cost one read of the training cells per epoch, about 3% of an epoch.
+  itself. Chunks hold consecutive cells of one field, so the default pool (~1,360 cells,
+  85 chunks) mixes ~85 fields of every condition. A random batch drawn from the whole store
+  would touch one chunk per cell: 39 ms of reading per 16-cell batch against an 80 ms step
+  on the study's crops; pools cost one read of the training cells per epoch (at 400 fields,
+  training took 5% longer per cell than from memory; bench/README.md, "Study scale").
 
 :mod:`epikit.runfolder.crop_sources` picks between them for a run folder's crops and masks
 from a memory budget (:attr:`~epikit.options.TrainingOptions.crops_memory_mb`).
